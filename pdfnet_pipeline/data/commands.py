@@ -1,0 +1,80 @@
+"""`pdfnet-pipeline data ...`: manifests of a dataset on disk, and the generated sample."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+
+def _manifest(
+    root: Annotated[Path, typer.Argument(help="Dataset root with DIS-TR, DIS-VD, DIS-TE1..4 (im/ + gt/ or images/ + masks/).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Manifest file to write (JSONL).")],
+    split: Annotated[Optional[list[str]], typer.Option(help="Only these splits (repeatable); default: every split folder.")] = None,
+    allow_mismatch: Annotated[bool, typer.Option(help="Write the manifest even if DIS-VD/TE1..4 differ from the official name lists.")] = False,
+    skip_bad: Annotated[bool, typer.Option(help="Leave unreadable / unpaired / mis-sized files out (each reported) instead of stopping.")] = False,
+    workers: Annotated[Optional[int], typer.Option(help="Decoding processes (default: all cores, at most 8).")] = None,
+    max_pixels: Annotated[int, typer.Option(help="Refuse images with more pixels (decompression bombs).")] = 200_000_000,
+) -> None:
+    """Scan ROOT, decode and hash every image/mask pair, check the official lists, write FILE."""
+    from pdfnet_pipeline.data.manifest import ManifestError, scan, write_manifest
+
+    try:
+        result = scan(root, split, workers=workers, max_pixels=max_pixels)
+    except ManifestError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    for problem in result.problems:
+        typer.echo(f"bad input: {problem}", err=True)
+    _report_mismatches(result.mismatches, out)
+    stop = (result.problems and not skip_bad) or (result.mismatches and not allow_mismatch)
+    if stop:
+        hints = []
+        if result.problems and not skip_bad:
+            hints.append(f"{len(result.problems)} bad file(s) (--skip-bad leaves them out)")
+        if result.mismatches and not allow_mismatch:
+            hints.append(f"{len(result.mismatches)} difference(s) to the official lists (--allow-mismatch accepts them)")
+        typer.echo(f"error: no manifest written: {'; '.join(hints)}", err=True)
+        raise typer.Exit(1)
+    write_manifest(result.manifest, out)
+    counts = ", ".join(f"{s} {len(result.manifest.split(s))}" for s in result.manifest.splits())
+    typer.echo(f"wrote {out}: {len(result.manifest.entries)} samples ({counts})")
+
+
+def _report_mismatches(lines: list[str], out: Path, shown: int = 10) -> None:
+    """Name the first few differences per split; all of them go to OUT.mismatches.txt."""
+    if not lines:
+        return
+    by_split: dict[str, list[str]] = {}
+    for line in lines:
+        by_split.setdefault(line.split(":", 1)[0], []).append(line)
+    for split, items in by_split.items():
+        missing = sum("missing" in i for i in items)
+        typer.echo(f"official list: {split}: {missing} missing, {len(items) - missing} extra", err=True)
+        for item in items[:shown]:
+            typer.echo(f"  {item}", err=True)
+        if len(items) > shown:
+            typer.echo(f"  ... {len(items) - shown} more", err=True)
+    full = out.with_name(out.name + ".mismatches.txt")
+    full.parent.mkdir(parents=True, exist_ok=True)
+    full.write_text("\n".join(lines) + "\n")
+    typer.echo(f"official list: all {len(lines)} differences listed in {full}", err=True)
+
+
+def _sample(
+    out: Annotated[Path, typer.Argument(help="Folder to write the DIS-5K-layout sample into.")],
+    per_split: Annotated[int, typer.Option(help="Images in each of DIS-VD, DIS-TE1..4.")] = 3,
+    train: Annotated[int, typer.Option(help="Images in DIS-TR.")] = 8,
+    seed: Annotated[int, typer.Option(help="Generator seed (same seed, same bytes).")] = 0,
+) -> None:
+    """Generate a small DIS-5K-layout dataset of thin, wiry objects with exact masks."""
+    from pdfnet_pipeline.data.sample import generate_sample
+
+    paths = generate_sample(out, per_split=per_split, seed=seed, train=train)
+    typer.echo(f"wrote {len(paths)} image/mask pairs under {out}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("manifest")(_manifest)
+    app.command("sample")(_sample)

@@ -1,0 +1,234 @@
+"""Dataset manifests: scan a DIS-5K-layout root, verify every file, write / read JSONL.
+
+Layout: ROOT/<split>/{im,gt} (DIS-5K as distributed) or ROOT/<split>/{images,masks} (the PDFNet
+reference's naming); images and masks pair by file stem. Any split folder in that layout is
+accepted (custom datasets); the DIS-VD / DIS-TE1..4 folders are also checked against the official
+name lists shipped in data_manifests/official.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from pdfnet_pipeline.data.images import DEFAULT_MAX_PIXELS, BadInputError, load_pair
+
+FORMAT = "pdfnet-manifest"
+VERSION = 1
+DIS_SPLITS = ("DIS-TR", "DIS-VD", "DIS-TE1", "DIS-TE2", "DIS-TE3", "DIS-TE4")
+IMAGE_DIRS = ("im", "images")
+MASK_DIRS = ("gt", "masks")
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+MASK_EXTS = {".png", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg"}
+OFFICIAL_DIR = Path(__file__).resolve().parents[2] / "data_manifests" / "official"
+
+
+class ManifestError(ValueError):
+    """The dataset on disk does not match what was asked; the message lists every problem."""
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    split: str
+    id: str
+    image: str  # relative to the manifest root
+    mask: str
+    width: int  # after EXIF orientation
+    height: int
+    image_sha256: str
+    mask_sha256: str
+
+    def image_path(self, root: Path) -> Path:
+        return root / self.image
+
+    def mask_path(self, root: Path) -> Path:
+        return root / self.mask
+
+
+@dataclass
+class Manifest:
+    root: Path
+    entries: list[ManifestEntry] = field(default_factory=list)
+
+    def splits(self) -> list[str]:
+        order = {s: i for i, s in enumerate(DIS_SPLITS)}
+        return sorted({e.split for e in self.entries}, key=lambda s: (order.get(s, 99), s))
+
+    def split(self, name: str) -> list[ManifestEntry]:
+        entries = [e for e in self.entries if e.split == name]
+        if not entries:
+            raise ManifestError(f"split {name!r} is not in the manifest (splits: {self.splits()})")
+        return entries
+
+    def split_hash(self, name: str) -> str:
+        """sha256 of the split's entries (ids, paths, sizes, file hashes): what a store records."""
+        lines = [json.dumps(asdict(e), sort_keys=True) for e in self.split(name)]
+        return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: Path
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _find_dir(split_dir: Path, names: tuple[str, ...]) -> Path | None:
+    return next((split_dir / n for n in names if (split_dir / n).is_dir()), None)
+
+
+def _by_stem(folder: Path, exts: set[str]) -> dict[str, Path]:
+    return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in exts and p.is_file()}
+
+
+def find_splits(root: Path) -> list[str]:
+    """Sub-folders of root in the split layout, DIS-5K order first."""
+    found = [
+        d.name
+        for d in root.iterdir()
+        if d.is_dir() and _find_dir(d, IMAGE_DIRS) and _find_dir(d, MASK_DIRS)
+    ]
+    order = {s: i for i, s in enumerate(DIS_SPLITS)}
+    return sorted(found, key=lambda s: (order.get(s, 99), s))
+
+
+def official_names(split: str, official_dir: Path = OFFICIAL_DIR) -> set[str] | None:
+    path = official_dir / f"{split}.txt"
+    if not path.is_file():
+        return None
+    return {line.strip() for line in path.read_text().splitlines() if line.strip()}
+
+
+def check_official(split: str, stems: set[str], official_dir: Path = OFFICIAL_DIR) -> list[str]:
+    """Missing / extra names of a split against the official list (empty when it matches)."""
+    names = official_names(split, official_dir)
+    if names is None:
+        return []
+    out = [f"{split}: missing official sample {n}" for n in sorted(names - stems)]
+    out += [f"{split}: extra sample {n} (not in the official list)" for n in sorted(stems - names)]
+    return out
+
+
+def _pair_split(root: Path, split: str) -> tuple[list[tuple[str, Path, Path]], list[Problem]]:
+    split_dir = root / split
+    im_dir, gt_dir = _find_dir(split_dir, IMAGE_DIRS), _find_dir(split_dir, MASK_DIRS)
+    if im_dir is None or gt_dir is None:
+        return [], [Problem(split_dir, "expected im/ + gt/ (or images/ + masks/) folders")]
+    images, masks = _by_stem(im_dir, IMAGE_EXTS), _by_stem(gt_dir, MASK_EXTS)
+    problems = [Problem(images[s], "mask missing") for s in sorted(set(images) - set(masks))]
+    problems += [Problem(masks[s], "mask without image") for s in sorted(set(masks) - set(images))]
+    pairs = [(s, images[s], masks[s]) for s in sorted(set(images) & set(masks))]
+    return pairs, problems
+
+
+def _verify(job: tuple[str, str, Path, Path, Path, int]) -> ManifestEntry | Problem:
+    split, stem, root, image, mask, max_pixels = job
+    try:
+        img, _ = load_pair(image, mask, max_pixels=max_pixels)
+    except BadInputError as err:
+        return Problem(err.path, err.reason)
+    return ManifestEntry(
+        split=split,
+        id=stem,
+        image=image.relative_to(root).as_posix(),
+        mask=mask.relative_to(root).as_posix(),
+        width=int(img.shape[1]),
+        height=int(img.shape[0]),
+        image_sha256=_sha256(image),
+        mask_sha256=_sha256(mask),
+    )
+
+
+@dataclass
+class ScanResult:
+    manifest: Manifest
+    problems: list[Problem]  # bad or unpaired files: excluded from the manifest
+    mismatches: list[str]  # differences to the official lists
+
+
+def scan(
+    root: Path,
+    splits: list[str] | None = None,
+    *,
+    workers: int | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    official_dir: Path = OFFICIAL_DIR,
+    progress: bool = True,
+) -> ScanResult:
+    """Pair, fully decode and hash every sample (decoding catches truncated files now)."""
+    root = Path(root).resolve()
+    if not root.is_dir():
+        raise ManifestError(f"{root}: dataset root not found")
+    splits = splits or find_splits(root)
+    if not splits:
+        raise ManifestError(
+            f"{root}: no split folders with im/ + gt/ (or images/ + masks/) found"
+        )
+    jobs, problems, mismatches = [], [], []
+    for split in splits:
+        pairs, split_problems = _pair_split(root, split)
+        problems += split_problems
+        stems = {s for s, _, _ in pairs} | {p.path.stem for p in split_problems if p.path.is_file()}
+        mismatches += check_official(split, stems, official_dir)
+        jobs += [(split, s, root, im, gt, max_pixels) for s, im, gt in pairs]
+    workers = workers or min(8, os.cpu_count() or 1)
+    bar = dict(total=len(jobs), desc="verify", unit="img", disable=not progress)
+    if workers > 1 and len(jobs) > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            results = list(tqdm(pool.map(_verify, jobs, chunksize=4), **bar))
+    else:
+        results = [_verify(j) for j in tqdm(jobs, **bar)]
+    entries = [r for r in results if isinstance(r, ManifestEntry)]
+    problems += [r for r in results if isinstance(r, Problem)]
+    return ScanResult(Manifest(root, entries), problems, mismatches)
+
+
+def write_manifest(manifest: Manifest, path: Path) -> None:
+    """Atomic: a crash never leaves a half-written manifest where a good one was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(json.dumps({"format": FORMAT, "version": VERSION, "root": str(manifest.root)}) + "\n")
+        for e in manifest.entries:
+            f.write(json.dumps(asdict(e)) + "\n")
+    os.replace(tmp, path)
+
+
+def read_manifest(path: Path | str, root: Path | str | None = None) -> Manifest:
+    """Read a manifest; `root` overrides the recorded one (a dataset moved to another disk)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"{path}: manifest not found (make one with `pdfnet-pipeline data manifest`)")
+    lines = path.read_text().splitlines()
+    try:
+        header = json.loads(lines[0]) if lines else {}
+    except json.JSONDecodeError:
+        header = {}
+    if header.get("format") != FORMAT:
+        raise ManifestError(f"{path}: not a pdfnet-pipeline manifest (bad header line)")
+    if header.get("version") != VERSION:
+        raise ManifestError(f"{path}: manifest version {header.get('version')}, expected {VERSION}")
+    entries = []
+    for n, line in enumerate(lines[1:], start=2):
+        try:
+            entries.append(ManifestEntry(**json.loads(line)))
+        except (json.JSONDecodeError, TypeError) as err:
+            raise ManifestError(f"{path}:{n}: bad manifest line ({err})") from None
+    return Manifest(Path(root) if root else Path(header["root"]), entries)
