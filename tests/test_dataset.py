@@ -1,0 +1,134 @@
+"""Zarr-backed dataset: done samples only, the right depth maps, seeded and worker-independent."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from pdfnet_pipeline.data import augment as A
+from pdfnet_pipeline.data.dataset import DataConfig, EpochSampler, ShardSampler, StoreDataset, make_loader, to_device
+
+from train_fixtures import DEPTHS, random_store, write_store
+
+NO_AUG = A.AugmentConfig(hflip=0, rotate=0, enhance=0, grayscale=0, crop=0)
+
+
+@pytest.fixture()
+def stores(tmp_path):
+    a = random_store(tmp_path / "a.zarr", n=4, size=32, seed=1, done=np.array([1, 0, 1, 1], bool), prefix="a")
+    b = random_store(tmp_path / "b.zarr", n=2, size=32, seed=2, prefix="b")
+    return a, b
+
+
+def test_only_done_samples_from_all_stores(stores):
+    ds = StoreDataset(list(stores), train=False)
+    assert len(ds) == 5
+    assert ds.ids == ["a0", "a2", "a3", "b0", "b1"]
+    g = zarr.open_group(str(stores[0]), mode="r")
+    item = ds[1]  # a2
+    np.testing.assert_array_equal(item["image"].numpy(), g["image"][2])
+    np.testing.assert_array_equal(item["mask"].numpy(), g["mask"][2])
+
+
+def test_validation_reads_large_depth_unaugmented(stores):
+    ds = StoreDataset(list(stores), train=False, augment=A.AugmentConfig())  # augment ignored for val
+    g = zarr.open_group(str(stores[1]), mode="r")
+    for epoch in range(3):
+        item = ds[(epoch, 4)]  # b1
+        assert item["image"].dtype == torch.uint8 and item["image"].shape == (32, 32, 3)
+        assert item["depth"].dtype == torch.float16 and item["depth"].shape == (32, 32)
+        np.testing.assert_array_equal(item["depth"].numpy(), g["depth/large"][1])
+        np.testing.assert_array_equal(item["depth_target"].numpy(), g["depth/large_1024"][1])
+        np.testing.assert_array_equal(item["image"].numpy(), g["image"][1])
+
+
+def test_train_draws_each_depth_quality_a_third_of_the_time(stores):
+    ds = StoreDataset([stores[1]], train=True, augment=NO_AUG)
+    g = zarr.open_group(str(stores[1]), mode="r")
+    maps = {name: g[f"depth/{name}"][0] for name in DEPTHS}
+    seen = Counter()
+    for epoch in range(600):
+        item = ds[(epoch, 0)]
+        (name,) = [n for n in DEPTHS[:3] if np.array_equal(item["depth"].numpy(), maps[n])]
+        seen[name] += 1
+        np.testing.assert_array_equal(item["depth_target"].numpy(), maps["large_1024"])
+    assert all(abs(seen[n] / 600 - 1 / 3) < 0.06 for n in DEPTHS[:3]), seen
+
+
+def test_augmentation_is_applied_identically_to_every_array(tmp_path):
+    # image channels, mask and depth maps hold one pattern; any misalignment breaks equality
+    s = 48
+    yy, xx = np.mgrid[0:s, 0:s]
+    pat = ((np.sin(xx / 3.0) * np.cos(yy / 5.0) + 1) * 127).astype(np.uint8)[None]
+    depth = (pat / 255).astype(np.float16)
+    path = write_store(tmp_path / "p.zarr", np.repeat(pat[..., None], 3, -1), pat,
+                       {n: depth for n in DEPTHS}, ["p0"])
+    cfg = A.AugmentConfig(enhance=0, grayscale=0)  # geometry only, so values stay comparable
+    ds = StoreDataset([path], train=True, augment=cfg, seed=3)
+    changed = 0
+    for epoch in range(12):
+        item = ds[(epoch, 0)]
+        m = item["mask"].numpy()
+        changed += not np.array_equal(m, pat[0])
+        for ch in range(3):
+            np.testing.assert_array_equal(item["image"].numpy()[..., ch], m)
+        for key in ("depth", "depth_target"):
+            assert np.abs(item[key].numpy().astype(np.float64) * 255 - m).max() <= 1.0
+    assert changed >= 8  # P(no geometric op) = 1/8 per draw
+
+
+def test_same_key_same_sample_other_epoch_other_sample(stores):
+    ds = StoreDataset(list(stores), train=True, seed=5)
+    a, b, c = ds[(2, 3)], ds[(2, 3)], ds[(3, 3)]
+    assert torch.equal(a["image"], b["image"]) and torch.equal(a["depth"], b["depth"])
+    assert not (torch.equal(a["image"], c["image"]) and torch.equal(a["depth"], c["depth"]))
+
+
+def test_loader_output_does_not_depend_on_worker_count(stores):
+    ds = StoreDataset(list(stores), train=True, seed=9)
+
+    def batches(workers):
+        sampler = EpochSampler(len(ds), shuffle=True, seed=9)
+        sampler.set_epoch(1)
+        loader = make_loader(ds, sampler, DataConfig(workers=workers, start_method="fork"), batch_size=2)
+        return [(b["id"], b["image"], b["depth"], b["mask"]) for b in loader]
+
+    zero, two = batches(0), batches(2)
+    assert len(zero) == 3
+    for x, y in zip(zero, two):
+        assert x[0] == y[0]
+        for t, u in zip(x[1:], y[1:]):
+            assert torch.equal(t, u)
+
+
+def test_epoch_sampler_shards_and_resumes():
+    full = EpochSampler(10, shuffle=True, seed=4)
+    full.set_epoch(3)
+    order = [i for _, i in full]
+    assert sorted(order) == list(range(10)) and order != list(range(10))
+    full.set_epoch(3, start=4)
+    assert [i for _, i in full] == order[4:] and len(full) == 6
+    shards = []
+    for r in range(2):
+        s = EpochSampler(10, shuffle=True, seed=4, rank=r, world=2)
+        s.set_epoch(3)
+        shards.append([i for e, i in s if e == 3])
+    assert len(shards[0]) == len(shards[1]) == 5 and sorted(shards[0] + shards[1]) == list(range(10))
+    v = [list(ShardSampler(5, r, 2)) for r in range(2)]
+    assert v == [[0, 2, 4], [1, 3]]
+
+
+def test_to_device_normalises(stores):
+    ds = StoreDataset(list(stores), train=False)
+    batch = torch.utils.data.default_collate([ds[0], ds[1]])
+    out = to_device(batch, torch.device("cpu"))
+    assert out["image"].shape == (2, 3, 32, 32) and out["image"].dtype == torch.float32
+    assert out["mask"].shape == (2, 1, 32, 32) and 0 <= out["mask"].min() and out["mask"].max() <= 1
+    img = batch["image"][1, 5, 7].double() / 255
+    exp = (img - torch.tensor(A.IMAGENET_MEAN, dtype=torch.float64)) / torch.tensor(A.IMAGENET_STD, dtype=torch.float64)
+    torch.testing.assert_close(out["image"][1, :, 5, 7].double(), exp, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out["depth"][1, 0], batch["depth"][1].float())

@@ -1,0 +1,62 @@
+"""Small stores in the contract's layout (docs/CONTRACTS.md "Store") for the train-stage tests.
+
+Written with zarr directly, so these tests do not depend on the depth stage. Depth maps are
+derived from the mask (the generated sample's foreground is one layer in front of a blurred
+background), distinct per quality so a swapped map is visible.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import zarr
+from PIL import Image, ImageFilter
+
+DEPTHS = ("small", "base", "large", "large_1024")
+
+
+def write_store(path: Path, images: np.ndarray, masks: np.ndarray, depths: dict[str, np.ndarray],
+                ids: list[str], done: np.ndarray | None = None, split: str = "DIS-TR") -> Path:
+    n, s = images.shape[0], images.shape[1]
+    g = zarr.open_group(str(path), mode="w")
+    g.attrs.update({"schema_version": 1, "split": split, "size": s, "manifest_sha256": "test",
+                    "models": {"small": "synthetic", "base": "synthetic", "large": "synthetic"},
+                    "preprocessing": {}, "versions": {}})
+    g.create_array("image", shape=(n, s, s, 3), chunks=(1, s, s, 3), dtype="uint8")[:] = images
+    g.create_array("mask", shape=(n, s, s), chunks=(1, s, s), dtype="uint8")[:] = masks
+    for name in DEPTHS:
+        g.create_array(f"depth/{name}", shape=(n, s, s), chunks=(1, s, s), dtype="float16")[:] = depths[name]
+    g.create_array("ids", shape=(n,), dtype=str)[:] = np.array(ids, dtype=object)
+    g.create_array("orig_size", shape=(n, 2), dtype="int32")[:] = np.full((n, 2), s, dtype=np.int32)
+    g.create_array("done", shape=(n,), dtype="bool")[:] = np.ones(n, bool) if done is None else done
+    return path
+
+
+def random_store(path: Path, n: int = 4, size: int = 32, seed: int = 0, done=None, prefix="s") -> Path:
+    """Random pixels; depth quality k is offset by k/8 so each map is recognisable."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+    masks = rng.integers(0, 256, (n, size, size), dtype=np.uint8)
+    base = rng.random((n, size, size)) * 0.5
+    depths = {name: (base + k / 8).astype(np.float16) for k, name in enumerate(DEPTHS)}
+    return write_store(path, images, masks, depths, [f"{prefix}{i}" for i in range(n)], done)
+
+
+def sample_store(path: Path, split: str, count: int, size: int, seed: int = 0) -> Path:
+    """The generated DIS-like sample (data/sample.py) resized to size, with mask-derived depth."""
+    from pdfnet_pipeline.data.sample import make_sample
+
+    images, masks, ids = [], [], []
+    depths = {name: [] for name in DEPTHS}
+    for i in range(count):
+        image, mask, kind = make_sample(seed, split, i)
+        images.append(np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR)))
+        m = Image.fromarray(mask).resize((size, size), Image.BILINEAR)
+        masks.append(np.asarray(m))
+        for k, name in enumerate(DEPTHS):  # nearer = larger inverse depth; blur differs per quality
+            d = np.asarray(m.filter(ImageFilter.GaussianBlur(1 + k)), dtype=np.float32) / 255
+            depths[name].append(0.2 + 0.6 * d + 0.1 * np.linspace(0, 1, size)[None, :])
+        ids.append(f"gen-{split}-{i:03d}-{kind}")
+    arrays = {name: np.stack(v).astype(np.float16) for name, v in depths.items()}
+    return write_store(path, np.stack(images), np.stack(masks), arrays, ids, split=split)
