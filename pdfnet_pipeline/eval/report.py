@@ -1,0 +1,126 @@
+"""What the eval stage shows people: the paper-layout table (Markdown / CSV / JSON), the PR and
+F-threshold curves, and a contact sheet of the best and worst predictions.
+
+`label` marks a run whose numbers mean nothing (random weights): it is written into every output.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+# (key in the metric dicts, column title as in the paper, higher is better)
+COLUMNS = (
+    ("maxFm", "F_max ↑", True),
+    ("wFmeasure", "F_w ↑", True),
+    ("meanEm", "E_m ↑", True),
+    ("Smeasure", "S_α ↑", True),
+    ("MAE", "MAE ↓", False),
+    ("HCE", "HCE ↓", False),
+)
+
+
+def _fmt(key: str, value: float) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "–"
+    return f"{value:.0f}" if key == "HCE" else f"{value:.3f}"
+
+
+def markdown_table(results: dict[str, dict[str, float]], label: str | None = None) -> str:
+    """Splits as columns, metrics as rows: the layout of the DIS tables in the PDFNet paper."""
+    splits = list(results)
+    lines = []
+    if label:
+        lines += [f"> **{label}**", ""]
+    lines.append("| metric | " + " | ".join(splits) + " |")
+    lines.append("|---|" + "---:|" * len(splits))
+    for key, title, _ in COLUMNS:
+        lines.append(f"| {title} | " + " | ".join(_fmt(key, results[s].get(key)) for s in splits) + " |")
+    lines.append("| images | " + " | ".join(str(results[s].get("count", "")) for s in splits) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_tables(results: dict[str, dict[str, float]], out: Path, label: str | None = None) -> list[Path]:
+    """results.md, results.csv, results.json in `out`; returns their paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    md, cs, js = out / "results.md", out / "results.csv", out / "results.json"
+    md.write_text(markdown_table(results, label))
+    with open(cs, "w", newline="") as f:
+        w = csv.writer(f)
+        if label:
+            w.writerow([f"# {label}"])
+        w.writerow(["split", *[k for k, _, _ in COLUMNS], "count"])
+        for split, row in results.items():
+            w.writerow([split, *[row.get(k) for k, _, _ in COLUMNS], row.get("count")])
+    js.write_text(json.dumps({"label": label, "random_weights": bool(label), "splits": results}, indent=2))
+    return [md, cs, js]
+
+
+def plot_curves(curves: dict[str, dict[str, np.ndarray]], path: Path, label: str | None = None) -> Path:
+    """PR curve and F-measure over the 256 thresholds, one line per split.
+
+    `curves[split]` holds "precision", "recall", "fmeasure" arrays (mean over images per threshold).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (pr, fc) = plt.subplots(1, 2, figsize=(11, 4.5))
+    for split, c in curves.items():
+        pr.plot(c["recall"], c["precision"], label=split)
+        fc.plot(np.arange(len(c["fmeasure"])), c["fmeasure"], label=split)
+    pr.set(xlabel="recall", ylabel="precision", title="PR curve", xlim=(0, 1), ylim=(0, 1.02))
+    fc.set(xlabel="threshold", ylabel="F-measure (β²=0.3)", title="F-measure vs threshold", ylim=(0, 1.02))
+    for ax in (pr, fc):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if label:
+        fig.suptitle(label, color="red", fontweight="bold")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+@dataclass
+class SheetRow:
+    title: str  # e.g. "DIS-TE1 / id  MAE 0.012"
+    image: np.ndarray  # H x W x 3 uint8
+    depth: np.ndarray  # H x W float in [0, 1]
+    gt: np.ndarray  # H x W uint8
+    pred: np.ndarray  # H x W uint8
+
+
+def _tile(arr: np.ndarray, side: int) -> Image.Image:
+    if arr.dtype != np.uint8:
+        arr = (np.clip(arr, 0, 1) * 255).astype(np.uint8)
+    im = Image.fromarray(arr).convert("RGB")
+    im.thumbnail((side, side), Image.BILINEAR)
+    canvas = Image.new("RGB", (side, side), (32, 32, 32))
+    canvas.paste(im, ((side - im.width) // 2, (side - im.height) // 2))
+    return canvas
+
+
+def contact_sheet(rows: list[SheetRow], path: Path, label: str | None = None, side: int = 224) -> Path:
+    """image | depth | GT | prediction per row, a caption above each row."""
+    caption, banner = 18, 26 if label else 0
+    sheet = Image.new("RGB", (4 * side, banner + len(rows) * (side + caption)), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    if label:
+        draw.rectangle([0, 0, sheet.width, banner], fill=(200, 0, 0))
+        draw.text((6, 6), label, fill=(255, 255, 255))
+    for i, row in enumerate(rows):
+        y = banner + i * (side + caption)
+        draw.text((4, y + 3), row.title + "   [image | depth | GT | prediction]", fill=(0, 0, 0))
+        for j, arr in enumerate((row.image, row.depth, row.gt, row.pred)):
+            sheet.paste(_tile(arr, side), (j * side, y + caption))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path)
+    return path
