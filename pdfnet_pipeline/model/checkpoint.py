@@ -1,0 +1,181 @@
+"""Model checkpoints: this project's safetensors files and the reference `.pth` converter.
+
+A project checkpoint is a safetensors file of the model's state dict with the `PDFNetConfig` as
+JSON in its metadata; loading one never unpickles. `convert_reference` maps a checkpoint in the
+reference's key layout (e.g. the released `PDFNet_Best.pth`, loaded with `weights_only=True`)
+strictly onto this project's modules: any missing, unexpected or mis-shaped key is an error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from pdfnet_pipeline.model.pdfnet import PDFNet, PDFNetConfig
+
+FORMAT = "pdfnet-pipeline-model"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that does not fit the model; the message lists every offending key."""
+
+
+def save_model(model: PDFNet, path: str | Path) -> None:
+    """Write the model's weights and config (JSON metadata) as safetensors."""
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    _save(state, model.cfg, path)
+
+
+def _save(state: dict[str, torch.Tensor], cfg: PDFNetConfig, path: str | Path) -> None:
+    meta = {"format": FORMAT, "config": json.dumps(dataclasses.asdict(cfg))}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path), metadata=meta)
+
+
+def read_config(path: str | Path) -> PDFNetConfig:
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a {FORMAT} checkpoint (metadata format {meta.get('format')!r})")
+    fields = {f.name for f in dataclasses.fields(PDFNetConfig)}
+    raw = json.loads(meta["config"])
+    return PDFNetConfig(**{k: v for k, v in raw.items() if k in fields})
+
+
+def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> PDFNet:
+    """Build the model from the checkpoint's config and load its weights strictly (no pickle)."""
+    cfg = dataclasses.replace(read_config(path), backbone_weights="random")
+    with torch.device("meta"):
+        model = PDFNet(cfg)
+    state = {}
+    with safe_open(str(path), framework="pt", device=str(map_location)) as f:
+        for key in f.keys():
+            state[key] = f.get_tensor(key)
+    _check(state, model, str(path))
+    model.load_state_dict(state, strict=True, assign=True)
+    _refresh_buffers(model, torch.device(map_location))
+    return model.eval()
+
+
+def _refresh_buffers(model: PDFNet, device: torch.device) -> None:
+    """Non-persistent Swin buffers (relative position index) were created on `meta`: rebuild them."""
+    for m in model.modules():
+        if hasattr(m, "relative_position_index") and hasattr(m, "_init_buffers"):
+            m.relative_position_index = torch.empty_like(m.relative_position_index, device=device)
+            m._init_buffers()
+
+
+def _check(state: dict[str, torch.Tensor], model: torch.nn.Module, source: str) -> None:
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {expected[k]}"
+        for k in sorted(set(state) & set(expected))
+        if tuple(state[k].shape) != expected[k]
+    ]
+    if missing or unexpected or shapes:
+        parts = [f"{source} does not fit the model"]
+        for title, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", shapes)):
+            if items:
+                parts.append(f"{title} ({len(items)}): " + ", ".join(items))
+        raise CheckpointError("; ".join(parts))
+
+
+# reference key -> project key; the first matching rule wins, rules are anchored regexes.
+_RULES: list[tuple[str, str]] = [
+    (r"encoder\.patch_embed\.(.+)", r"encoder.swin.patch_embed.\1"),
+    (r"encoder\.absolute_pos_embed", r"encoder.absolute_pos_embed"),
+    (r"encoder\.norm(\d)\.(weight|bias)", r"encoder.norms.\1.\2"),
+    (r"encoder\.layers\.(\d+)\.blocks\.(.+)", r"encoder.swin.layers.\1.blocks.\2"),
+    # the original Swin downsamples at the end of stage i, timm at the start of stage i + 1
+    (r"encoder\.layers\.(\d+)\.downsample\.(.+)", lambda m: f"encoder.swin.layers.{int(m[1]) + 1}.downsample.{m[2]}"),
+    (r"(channel_mix[1-4]?|Glob)\.(.+)", r"adapters.\1.\2"),
+    (r"(decoder|depth_decoder)\.(.+)", r"\1.\2"),
+]
+_SOBEL_X = torch.tensor([[[[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]]])
+# Buffers the reference stores that carry no learned weight: checked against their fixed values.
+_FIXED = {
+    r"IntegrityPriorLoss\.sobel_x\.weight": lambda: _SOBEL_X,
+    r"IntegrityPriorLoss\.sobel_y\.weight": lambda: _SOBEL_X.transpose(-1, -2),
+}
+
+
+def map_reference_key(key: str) -> str | None:
+    for pattern, repl in _RULES:
+        m = re.fullmatch(pattern, key)
+        if m:
+            return repl(m) if callable(repl) else m.expand(repl)
+    return None
+
+
+def _unwrap(obj) -> dict[str, torch.Tensor]:
+    for wrapper in ("model", "state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
+            obj = obj[wrapper]
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"expected a state dict, got {type(obj).__name__}")
+    if obj and all(k.startswith("module.") for k in obj):  # saved from DataParallel / DDP
+        obj = {k[len("module.") :]: v for k, v in obj.items()}
+    return obj
+
+
+def _relative_position_index(window: int) -> torch.Tensor:
+    """The Swin relative position index (fixed buffer) for a square window."""
+    coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")).flatten(1)
+    rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (window - 1)
+    return rel[..., 0] * (2 * window - 1) + rel[..., 1]
+
+
+def map_reference_state(ref: dict[str, torch.Tensor], window: int) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Reference-layout state dict -> (project state dict, problems). Fixed buffers are verified
+    and dropped; keys without a rule are reported as problems."""
+    out: dict[str, torch.Tensor] = {}
+    problems: list[str] = []
+    rpi = _relative_position_index(window)
+    for key, value in ref.items():
+        if key.endswith("attn.relative_position_index"):
+            if value.shape != rpi.shape or not torch.equal(value.long(), rpi):
+                problems.append(f"{key}: not the window-{window} relative position index")
+            continue
+        fixed = next((f for p, f in _FIXED.items() if re.fullmatch(p, key)), None)
+        if fixed is not None:
+            if value.shape != fixed().shape or not torch.equal(value.float(), fixed()):
+                problems.append(f"{key}: not the fixed Sobel kernel")
+            continue
+        target = map_reference_key(key)
+        if target is None:
+            problems.append(f"{key}: no mapping rule")
+            continue
+        out[target] = value
+    return out, problems
+
+
+def convert_reference(
+    pth: str | Path, out: str | Path, cfg: PDFNetConfig | None = None
+) -> dict[str, int]:
+    """Convert a reference-layout checkpoint to this project's safetensors file.
+
+    Loads with `weights_only=True`; maps every key; raises `CheckpointError` listing all missing,
+    unexpected (including unmapped) and mis-shaped keys. Returns {"tensors", "parameters"}.
+    """
+    cfg = dataclasses.replace(cfg or PDFNetConfig(), backbone_weights="random")
+    raw = _unwrap(torch.load(Path(pth), map_location="cpu", weights_only=True))
+    with torch.device("meta"):
+        model = PDFNet(cfg)
+    state, problems = map_reference_state(raw, model.encoder.spec.window_size)
+    try:
+        _check(state, model, str(pth))
+    except CheckpointError as err:
+        problems.insert(0, str(err))
+    if problems:
+        raise CheckpointError("; ".join(problems))
+    state = {k: v.contiguous() for k, v in state.items()}
+    _save(state, cfg, out)
+    return {"tensors": len(state), "parameters": sum(v.numel() for v in state.values())}
