@@ -34,8 +34,8 @@ def gaussian_window(size: int = 11, sigma: float = 1.5, device=None, dtype=torch
     return (g[:, None] @ g[None, :]).to(device=device, dtype=dtype)[None, None]
 
 
-def ssim(x: torch.Tensor, y: torch.Tensor, size: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    """Mean SSIM with an 11x11 Gaussian window (sigma 1.5, zero padding), C1 = 0.01², C2 = 0.03²."""
+def ssim_map(x: torch.Tensor, y: torch.Tensor, size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """Per-pixel SSIM with an 11x11 Gaussian window (sigma 1.5, zero padding), C1 = 0.01², C2 = 0.03²."""
     c = x.shape[1]
     win = gaussian_window(size, sigma, x.device, x.dtype).expand(c, 1, size, size)
 
@@ -49,7 +49,12 @@ def ssim(x: torch.Tensor, y: torch.Tensor, size: int = 11, sigma: float = 1.5) -
     c1, c2 = 0.01**2, 0.03**2
     num = (2 * mu1 * mu2 + c1) * (2 * s12 + c2)
     den = (mu1 * mu1 + mu2 * mu2 + c1) * (s11 + s22 + c2)
-    return (num / den).mean()
+    return num / den
+
+
+def ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean SSIM over the map (the reference's size_average=True)."""
+    return ssim_map(x, y).mean()
 
 
 def ssim_loss(prob: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
