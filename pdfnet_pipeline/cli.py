@@ -142,3 +142,7 @@ _register_commands()
 
 def main() -> None:  # pragma: no cover - console entry
     sys.exit(app())
+
+
+if __name__ == "__main__":  # torchrun -m pdfnet_pipeline.cli ...
+    main()

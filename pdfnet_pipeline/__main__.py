@@ -1,0 +1,3 @@
+from pdfnet_pipeline.cli import main
+
+main()
