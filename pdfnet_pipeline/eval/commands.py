@@ -1,0 +1,82 @@
+"""Top-level evaluation commands: `pdfnet-pipeline metrics` (and, later, `predict`).
+
+Heavy imports stay inside the commands so `pdfnet-pipeline --help` remains instant.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Literal, Optional
+
+import typer
+
+
+def default_skeleton_cache() -> Path:
+    """GT skeletons for HCE are cached by content under the user's cache folder."""
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "pdfnet-pipeline" / "gt-skeletons"
+
+
+def metrics(
+    pred: Annotated[Path, typer.Option(help="Folder of prediction images (uint8, 0..255).")],
+    gt: Annotated[Path, typer.Option(help="Folder of GT masks (foreground > 128).")],
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write all values here.")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Processes (default: all cores).")] = None,
+    hce_binarize: Annotated[
+        str, typer.Option(help="HCE prediction mask: 'dis' (> 128) or 'pysodmetrics' (> 0.5 after min-max).")
+    ] = "dis",
+    skeleton_cache: Annotated[
+        Optional[Path], typer.Option(help="GT skeleton cache folder (default: ~/.cache/pdfnet-pipeline/gt-skeletons).")
+    ] = None,
+    no_skeleton_cache: Annotated[
+        bool, typer.Option("--no-skeleton-cache", help="Keep GT skeletons in memory only.")
+    ] = False,
+) -> None:
+    """Evaluate prediction images against GT masks matched by file stem (Fmax Fw Em Sa MAE HCE)."""
+    from pdfnet_pipeline.eval.metrics import MetricsConfig, evaluate_pairs
+    from pdfnet_pipeline.eval.metrics_io import format_table, match_dirs
+
+    if hce_binarize not in ("dis", "pysodmetrics"):
+        raise typer.BadParameter("expected 'dis' or 'pysodmetrics'", param_hint="--hce-binarize")
+    mode: Literal["dis", "pysodmetrics"] = hce_binarize  # type: ignore[assignment]
+    try:
+        matched = match_dirs(pred, gt)
+    except (FileNotFoundError, ValueError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2)
+    if matched.missing:
+        typer.echo(f"warning: {len(matched.missing)} GT mask(s) have no prediction: "
+                   + ", ".join(matched.missing), err=True)  # fmt: skip
+    if matched.extra:
+        typer.echo(f"warning: {len(matched.extra)} prediction(s) have no GT mask: "
+                   + ", ".join(matched.extra), err=True)  # fmt: skip
+    if not matched.pairs:
+        typer.echo("error: no prediction matches a GT mask by file stem", err=True)
+        raise typer.Exit(1)
+    cache = None if no_skeleton_cache else (skeleton_cache or default_skeleton_cache())
+    config = MetricsConfig(hce_binarize=mode, skeleton_cache=cache)
+    try:
+        results = evaluate_pairs(matched.pairs, workers=workers, config=config)
+    except (ValueError, TypeError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1)
+    resized = [im.name for im in results.images if im.resized]
+    if resized:
+        typer.echo(f"warning: {len(resized)} prediction(s) resized to their GT's size: "
+                   + ", ".join(resized), err=True)  # fmt: skip
+    n_gt = len(matched.pairs) + len(matched.missing)
+    typer.echo(format_table({pred.name or str(pred): results},
+                            note=f"{len(matched.pairs)} of {n_gt} GT masks evaluated"))  # fmt: skip
+    if json_out:
+        data = results.to_dict()
+        data.update(pred_dir=str(pred), gt_dir=str(gt), missing=matched.missing,
+                    extra=matched.extra, hce_binarize=mode)  # fmt: skip
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(data, indent=1))
+        typer.echo(f"wrote {json_out}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("metrics")(metrics)
