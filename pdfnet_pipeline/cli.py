@@ -127,6 +127,7 @@ def _register_commands() -> None:
         ("pdfnet_pipeline.model.commands", model_app),
         ("pdfnet_pipeline.store_commands", store_app),
         ("pdfnet_pipeline.eval.commands", app),
+        ("pdfnet_pipeline.eval.predict", app),
     ):
         try:
             module = importlib.import_module(mod)

@@ -7,8 +7,8 @@ from PIL import Image
 from pdfnet_pipeline.eval.report import SheetRow, contact_sheet, markdown_table, plot_curves, write_tables
 
 RESULTS = {
-    "DIS-VD": {"maxFm": 0.8912, "wFmeasure": 0.85, "meanEm": 0.9, "Smeasure": 0.88, "MAE": 0.0341, "HCE": 1002.4, "count": 470},
-    "DIS-TE (all)": {"maxFm": 0.5, "wFmeasure": 0.4, "meanEm": 0.6, "Smeasure": 0.7, "MAE": 0.1, "HCE": 7.6, "count": 2000},
+    "DIS-VD": {"Fmax": 0.8912, "Fw": 0.85, "Em": 0.9, "Sa": 0.88, "MAE": 0.0341, "HCE": 1002.4, "count": 470},
+    "DIS-TE (all)": {"Fmax": 0.5, "Fw": 0.4, "Em": 0.6, "Sa": 0.7, "MAE": 0.1, "HCE": 7.6, "count": 2000},
 }
 
 

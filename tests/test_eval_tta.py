@@ -9,7 +9,7 @@ def identity(image, depth):
 
 def test_scaled_sizes_are_network_multiples():
     assert [scaled_size((1024, 1024), s) for s in (0.75, 1.0, 1.25)] == [(768, 768), (1024, 1024), (1280, 1280)]
-    assert scaled_size((256, 192), 0.75) == (192, 128)
+    assert scaled_size((512, 256), 0.75) == (512, 256)  # 384 -> 512, 192 -> 256 (nearest multiple)
 
 
 def test_flip_is_undone_exactly():

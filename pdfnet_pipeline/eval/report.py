@@ -16,10 +16,10 @@ from PIL import Image, ImageDraw
 
 # (key in the metric dicts, column title as in the paper, higher is better)
 COLUMNS = (
-    ("maxFm", "F_max ↑", True),
-    ("wFmeasure", "F_w ↑", True),
-    ("meanEm", "E_m ↑", True),
-    ("Smeasure", "S_α ↑", True),
+    ("Fmax", "F_max ↑", True),
+    ("Fw", "F_w ↑", True),
+    ("Em", "E_m ↑", True),
+    ("Sa", "S_α ↑", True),
     ("MAE", "MAE ↓", False),
     ("HCE", "HCE ↓", False),
 )

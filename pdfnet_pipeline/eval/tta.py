@@ -22,8 +22,11 @@ def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
-def scaled_size(size: tuple[int, int], scale: float, multiple: int = 64) -> tuple[int, int]:
-    """The view size for `scale`, rounded to the network's multiple (1024 -> 768 / 1024 / 1280)."""
+def scaled_size(size: tuple[int, int], scale: float, multiple: int = 256) -> tuple[int, int]:
+    """The view size for `scale`, rounded to the network's multiple (1024 -> 768 / 1024 / 1280):
+    PDFNet cuts stride-32 maps into 8 x 8 tiles, so sides must be multiples of 256."""
+    if scale == 1.0:
+        return size
     return tuple(max(multiple, int(round(s * scale / multiple)) * multiple) for s in size)  # type: ignore[return-value]
 
 
