@@ -1,0 +1,177 @@
+"""Reference checkpoint conversion (strict), project safetensors round trip, and the CLI commands."""
+
+import json
+import pickle
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from pdfnet_pipeline.model import PDFNetConfig, build_pdfnet
+from pdfnet_pipeline.model.checkpoint import CheckpointError, convert_reference, load_model, save_model
+from pdfnet_pipeline.model.pdfnet import PRESETS
+from test_model_refswin import PlainSwin
+
+TINY = PRESETS["tiny"][0]
+
+# Key names as they appear in the reference code / released checkpoint (spec/model.md).
+REFERENCE_KEYS = [
+    "encoder.absolute_pos_embed",
+    "encoder.patch_embed.proj.weight",
+    "encoder.patch_embed.norm.bias",
+    "encoder.layers.0.blocks.1.attn.relative_position_bias_table",
+    "encoder.layers.0.blocks.1.attn.relative_position_index",
+    "encoder.layers.2.downsample.reduction.weight",
+    "encoder.norm3.weight",
+    "channel_mix1.0.weight",
+    "channel_mix.1.weight",
+    "Glob.0.0.bias",
+    "decoder.FSE_mix.0.I_channelswich.0.weight",
+    "decoder.FSE_mix.3.P_channelswich.1.weight",
+    "decoder.FSE_mix.3.IP.Att.in_proj_weight",
+    "decoder.FSE_mix.2.PI.Att.out_proj.weight",
+    "decoder.FSE_mix.1.DI.FFN.w3.weight",
+    "decoder.FSE_mix.0.ID.Norm2.weight",
+    "decoder.shallow.0.weight",
+    "decoder.shallow.1.1.weight",
+    "decoder.upsample1.0.0.weight",
+    "decoder.channel_mix.3.0.bias",
+    "decoder.Bside.5.weight",
+    "depth_decoder.Decoder.0.1.0.weight",
+    "depth_decoder.shallow.0.weight",
+    "depth_decoder.upsample2.1.weight",
+    "depth_decoder.Bside.4.bias",
+    "IntegrityPriorLoss.sobel_x.weight",
+]
+
+
+def _rel_index(w):
+    pos = [(y, x) for y in range(w) for x in range(w)]
+    return torch.tensor([[(ya - yb + w - 1) * (2 * w - 1) + (xa - xb + w - 1) for yb, xb in pos] for ya, xa in pos])
+
+
+@pytest.fixture(scope="module")
+def reference_pth(tmp_path_factory):
+    """A reference-layout checkpoint for the tiny preset: Swin from PlainSwin, the rest random."""
+    torch.manual_seed(0)
+    plain = PlainSwin(TINY).eval()
+    ref = {f"encoder.{k}": v for k, v in plain.state_dict().items()}
+    for i, depth in enumerate(TINY.depths):
+        for j in range(depth):
+            ref[f"encoder.layers.{i}.blocks.{j}.attn.relative_position_index"] = _rel_index(TINY.window_size)
+    donor = build_pdfnet(PDFNetConfig(preset="tiny"))
+    for k, v in donor.state_dict().items():
+        if not k.startswith("encoder."):
+            ref[k.removeprefix("adapters.")] = v.clone()
+    sobel = torch.tensor([[[[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]]])
+    ref["IntegrityPriorLoss.sobel_x.weight"] = sobel
+    ref["IntegrityPriorLoss.sobel_y.weight"] = sobel.transpose(-1, -2).contiguous()
+    path = tmp_path_factory.mktemp("ref") / "ref.pth"
+    torch.save(ref, path)
+    return path, ref, plain, donor
+
+
+def test_reference_names(reference_pth):
+    _, ref, _, _ = reference_pth
+    missing = [k for k in REFERENCE_KEYS if k not in ref]
+    assert not missing
+
+
+def test_convert_load_round_trip(reference_pth, tmp_path):
+    path, ref, plain, donor = reference_pth
+    out = tmp_path / "model.safetensors"
+    stats = convert_reference(path, out, PDFNetConfig(preset="tiny"))
+    model = load_model(out)
+    assert stats["parameters"] == sum(p.numel() for p in model.parameters())
+    # encoder: same numbers as the plain reference-layout Swin it came from
+    x = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        for a, b in zip(model.encoder(x), plain(x)):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    # everything else: the very tensors of the reference file
+    params = model.state_dict()
+    for k, v in donor.state_dict().items():
+        if not k.startswith("encoder."):
+            assert torch.equal(params[k], v), k
+    # project checkpoint round trip: identical outputs
+    save_model(model, tmp_path / "again.safetensors")
+    again = load_model(tmp_path / "again.safetensors")
+    image, depth = torch.randn(1, 3, 256, 256), torch.rand(1, 1, 256, 256)
+    with torch.no_grad():
+        assert torch.equal(model.predict(image, depth), again.predict(image, depth))
+    assert again.cfg.preset == "tiny" and again.cfg.variant == "paper"
+
+
+def _convert_modified(tmp_path, ref, change):
+    bad = dict(ref)
+    change(bad)
+    p = tmp_path / "bad.pth"
+    torch.save(bad, p)
+    with pytest.raises(CheckpointError) as err:
+        convert_reference(p, tmp_path / "out.safetensors", PDFNetConfig(preset="tiny"))
+    assert not (tmp_path / "out.safetensors").exists()
+    return str(err.value)
+
+
+def test_convert_rejects_renamed_key(reference_pth, tmp_path):
+    _, ref, _, _ = reference_pth
+
+    def rename(sd):
+        sd["decoder.Bside_0.weight"] = sd.pop("decoder.Bside.0.weight")
+
+    msg = _convert_modified(tmp_path, ref, rename)
+    assert "decoder.Bside.0.weight" in msg and "missing" in msg
+    assert "decoder.Bside_0.weight" in msg and "unexpected" in msg
+
+
+def test_convert_rejects_reshaped_key(reference_pth, tmp_path):
+    _, ref, _, _ = reference_pth
+
+    def reshape(sd):
+        sd["encoder.norm2.weight"] = sd["encoder.norm2.weight"][:-1]
+
+    msg = _convert_modified(tmp_path, ref, reshape)
+    assert "mis-shaped" in msg and "encoder.norms.2.weight" in msg
+
+
+def test_convert_rejects_unknown_and_wrong_buffers(reference_pth, tmp_path):
+    _, ref, _, _ = reference_pth
+
+    def spoil(sd):
+        sd["decoder.extra.weight"] = torch.zeros(1)
+        sd["encoder.layers.1.blocks.0.attn.relative_position_index"] = torch.zeros_like(
+            sd["encoder.layers.1.blocks.0.attn.relative_position_index"]
+        )
+
+    msg = _convert_modified(tmp_path, ref, spoil)
+    assert "decoder.extra.weight" in msg and "relative position index" in msg
+
+
+class _Payload:
+    def __reduce__(self):
+        return (print, ("unpickled!",))
+
+
+def test_reference_loading_never_runs_pickled_code(tmp_path):
+    p = tmp_path / "evil.pth"
+    torch.save({"x": _Payload()}, p)
+    with pytest.raises(pickle.UnpicklingError):
+        convert_reference(p, tmp_path / "out.safetensors", PDFNetConfig(preset="tiny"))
+    with pytest.raises(Exception):  # a pickle is not a project checkpoint
+        load_model(p)
+
+
+def test_cli_info_and_convert(reference_pth, tmp_path):
+    from pdfnet_pipeline.cli import app
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["model", "info", "--variant", "paper", "--json"])
+    assert res.exit_code == 0, res.output
+    counts = json.loads(res.output)
+    assert counts["inference"] == 97_846_526 and counts["training"] == 101_693_315
+    res = runner.invoke(app, ["model", "info", "--variant", "v2", "--json"])
+    assert json.loads(res.output)["depth_decoder"] == 6_799_365
+    out = tmp_path / "cli.safetensors"
+    res = runner.invoke(app, ["model", "convert", str(reference_pth[0]), str(out), "--preset", "tiny"])
+    assert res.exit_code == 0, res.output
+    assert out.exists() and "tensors" in res.output
