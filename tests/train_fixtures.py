@@ -1,6 +1,6 @@
 """Small stores in the contract's layout (docs/CONTRACTS.md "Store") for the train-stage tests.
 
-Written with zarr directly, so these tests do not depend on the depth stage. Depth maps are
+Written with store.py (no depth model), so these tests do not depend on the depth stage. Depth maps are
 derived from the mask (the generated sample's foreground is one layer in front of a blurred
 background), distinct per quality so a swapped map is visible.
 """
@@ -10,27 +10,24 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import zarr
 from PIL import Image, ImageFilter
+
+from pdfnet_pipeline import store
 
 DEPTHS = ("small", "base", "large", "large_1024")
 
 
 def write_store(path: Path, images: np.ndarray, masks: np.ndarray, depths: dict[str, np.ndarray],
                 ids: list[str], done: np.ndarray | None = None, split: str = "DIS-TR") -> Path:
+    """A store through store.py (the real layout and attributes); `done` marks which samples exist."""
     n, s = images.shape[0], images.shape[1]
-    g = zarr.open_group(str(path), mode="w")
-    g.attrs.update({"schema_version": 1, "split": split, "size": s, "manifest_sha256": "test",
-                    "models": {"small": "synthetic", "base": "synthetic", "large": "synthetic"},
-                    "preprocessing": {}, "versions": {}})
-    g.create_array("image", shape=(n, s, s, 3), chunks=(1, s, s, 3), dtype="uint8")[:] = images
-    g.create_array("mask", shape=(n, s, s), chunks=(1, s, s), dtype="uint8")[:] = masks
-    for name in DEPTHS:
-        g.create_array(f"depth/{name}", shape=(n, s, s), chunks=(1, s, s), dtype="float16")[:] = depths[name]
-    g.create_array("ids", shape=(n,), dtype=str)[:] = np.array(ids, dtype=object)
-    g.create_array("orig_size", shape=(n, 2), dtype="int32")[:] = np.full((n, 2), s, dtype=np.int32)
-    g.create_array("done", shape=(n,), dtype="bool")[:] = np.ones(n, bool) if done is None else done
-    return path
+    spec = store.StoreSpec(split=split, ids=list(ids), orig_sizes=[(s, s)] * n, size=s, manifest_sha256="test",
+                           models={"small": "synthetic", "base": "synthetic", "large": "synthetic"})
+    group = store.create(Path(path), spec)
+    done = np.ones(n, bool) if done is None else done
+    for i in np.flatnonzero(done):
+        store.write_sample(group, int(i), images[i], masks[i], {k: v[i] for k, v in depths.items()})
+    return Path(path)
 
 
 def random_store(path: Path, n: int = 4, size: int = 32, seed: int = 0, done=None, prefix="s") -> Path:

@@ -46,20 +46,16 @@ class DataConfig:
 
 
 def open_store(path: Path):
-    """A store group for reading. Uses store.open_read (schema checks) once it exists."""
-    try:
-        from pdfnet_pipeline.store import open_read
-    except ModuleNotFoundError as err:  # store.py not landed yet: plain zarr, same layout
-        if err.name != "pdfnet_pipeline.store":
-            raise
-        import zarr
+    """A store group for reading (schema-checked by store.open_read)."""
+    from pdfnet_pipeline.store import open_read
 
-        return zarr.open_group(str(path), mode="r")
     return open_read(path)
 
 
 def done_rows(group) -> np.ndarray:
-    return np.flatnonzero(np.asarray(group["done"][:], dtype=bool))
+    from pdfnet_pipeline.store import done_indices
+
+    return done_indices(group)
 
 
 class StoreDataset(Dataset):

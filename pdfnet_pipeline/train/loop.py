@@ -1,0 +1,328 @@
+"""The PDFNet training loop: stores -> micro-batches -> accumulated AdamW steps -> checkpoints.
+
+One path for every setting: CPU float32 / CUDA bf16 autocast (fp16 + GradScaler where bf16 is
+missing), single process or torchrun DDP, gradient accumulation whose last window of an epoch may
+be shorter (each micro-batch is weighted by its share of the window's samples, so the step is
+the mean over exactly the samples seen), optional clipping and torch.compile.
+
+Exact resume: the checkpoint holds model, optimizer, scaler, every RNG, the step and the position
+in the epoch; data randomness depends only on (seed, epoch, sample), and the loader gets its own
+generator, so a resumed run replays the same samples, the same dropout and the same arithmetic.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from pdfnet_pipeline import config as cfgmod
+from pdfnet_pipeline.data.dataset import EpochSampler, ShardSampler, StoreDataset, make_loader, to_device
+from pdfnet_pipeline.train import checkpoint as ckpt
+from pdfnet_pipeline.train import ddp
+from pdfnet_pipeline.train.optim import build_optimizer, lr_at, set_lr
+from pdfnet_pipeline.train.stage import Config
+from pdfnet_pipeline.train.validate import ValScores, to_u8
+
+
+class NonFiniteError(FloatingPointError):
+    """NaN / inf in the loss or the gradients: training stops, the last checkpoint stays as it was."""
+
+
+@dataclass
+class TrainResult:
+    losses: list[float] = field(default_factory=list)  # per optimizer step of this run, rank mean
+    val: list[dict] = field(default_factory=list)
+    state: ckpt.TrainState = field(default_factory=ckpt.TrainState)
+    is_main: bool = True
+
+
+def precision(device: torch.device, requested: str) -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype or None for float32, whether a GradScaler is needed)."""
+    if requested == "auto":
+        if device.type != "cuda":
+            return None, False
+        requested = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if requested == "float32":
+        return None, False
+    if requested == "bf16":
+        return torch.bfloat16, False
+    if device.type != "cuda":
+        raise ValueError("precision fp16 needs CUDA (GradScaler); use bf16 or float32 on the CPU")
+    return torch.float16, True
+
+
+def seed_all(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def build_model(cfg: Config) -> torch.nn.Module:
+    from pdfnet_pipeline.model import build_pdfnet
+
+    return build_pdfnet(cfg.model)
+
+
+def init_weights(model: torch.nn.Module, source: str, model_config: dict) -> None:
+    """Fine-tuning start: a project model file or the model of a run / checkpoint directory."""
+    path = Path(source)
+    if path.is_dir():
+        path = ckpt.resolve(path) / "model.safetensors"
+    from pdfnet_pipeline.model.checkpoint import read_config
+
+    saved = ckpt.arch_config(asdict(read_config(path)))
+    if saved != ckpt.arch_config(model_config):
+        raise ckpt.CheckpointError(f"{path}: architecture {saved} differs from this run's {ckpt.arch_config(model_config)}")
+    ckpt.load_weights(model, path)
+
+
+class RunLog:
+    """Rank-0 outputs: resolved config, metrics.jsonl, validation images, the progress bar."""
+
+    def __init__(self, run_dir: Path, cfg: Config, main: bool, resumed_step: int | None) -> None:
+        self.dir, self.main = run_dir, main
+        self.metrics = run_dir / "metrics.jsonl"
+        if not main:
+            return
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(cfgmod.to_dict(cfg), indent=2))
+        if resumed_step is not None and self.metrics.exists():  # drop lines past the checkpoint
+            keep = [ln for ln in self.metrics.read_text().splitlines() if json.loads(ln).get("step", 0) <= resumed_step]
+            self.metrics.write_text("".join(ln + "\n" for ln in keep))
+        elif resumed_step is None:
+            self.metrics.write_text("")
+
+    def write(self, **record) -> None:
+        if self.main:
+            with self.metrics.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def bar(self, total: int, initial: int, desc: str, enabled: bool):
+        if not (self.main and enabled):
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, leave=False)
+
+    def save_images(self, epoch: int, ids: list[str], image: torch.Tensor, gt: torch.Tensor, pred: torch.Tensor) -> None:
+        """image | GT | prediction side by side, one PNG per sample."""
+        out = self.dir / "samples" / f"epoch_{epoch:03d}"
+        out.mkdir(parents=True, exist_ok=True)
+        for i, sid in enumerate(ids):
+            grey = [np.repeat(t[i].cpu().numpy()[..., None], 3, axis=2) for t in (gt, pred)]
+            Image.fromarray(np.concatenate([image[i].cpu().numpy(), *grey], axis=1)).save(out / f"{sid}.png")
+
+
+@dataclass
+class Trainer:
+    cfg: Config
+    d: ddp.Dist
+    model: torch.nn.Module  # plain module (checkpoints, predict)
+    train_model: torch.nn.Module  # what the step calls: DDP and/or compiled wrapper
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    autocast_dtype: torch.dtype | None
+    state: ckpt.TrainState
+    log: RunLog
+    model_config: dict
+    result: TrainResult = field(default_factory=TrainResult)
+
+    @property
+    def device(self) -> torch.device:
+        return self.d.device
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
+
+    def save(self) -> Path | None:
+        rng = ddp.gather_objects(ckpt.torch_rng_state(), self.d)
+        path = None
+        if self.d.main:
+            path = ckpt.save_checkpoint(
+                self.cfg.run_dir / "checkpoints", self.model, self.optimizer, self.scaler, self.state,
+                config=cfgmod.to_dict(self.cfg), model_config=self.model_config, keep=self.cfg.keep, rank_rng=rng,
+            )
+        ddp.barrier(self.d)
+        return path
+
+    def micro_step(self, batch: dict, weight: float, sync: bool) -> torch.Tensor:
+        inputs = to_device(batch, self.device)
+        no_sync = self.d.enabled and not sync and hasattr(self.train_model, "no_sync")
+        with self.train_model.no_sync() if no_sync else contextlib.nullcontext():
+            with self.autocast():
+                out = self.train_model(**inputs)
+            loss = out.losses["total"].float()
+            self.scaler.scale(loss * weight).backward()
+        return loss.detach()
+
+    def optimizer_step(self, window: list[tuple[list[str], torch.Tensor, float]], total_steps: int, epoch: int) -> tuple[float, float]:
+        """Check the window for NaN/inf (all ranks agree), then step. Returns (loss, grad norm)."""
+        if self.scaler.is_enabled():
+            self.scaler.unscale_(self.optimizer)
+        clip = self.cfg.optim.clip_grad if self.cfg.optim.clip_grad > 0 else float("inf")
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        gnorm = torch.nn.utils.clip_grad_norm_(params, clip).float() if params else torch.zeros((), device=self.device)
+        loss = sum(l * w for _, l, w in window)
+        bad_loss = (~torch.isfinite(loss)).float()
+        bad_grad = (~torch.isfinite(gnorm)).float() * (0.0 if self.scaler.is_enabled() else 1.0)
+        packed = ddp.all_reduce(torch.stack([loss.float() / self.d.world, bad_loss, bad_grad]).to(self.device), self.d)
+        if packed[1] > 0 or packed[2] > 0:
+            self.optimizer.zero_grad(set_to_none=True)
+            bad_ids = [i for ids, l, _ in window if not torch.isfinite(l) for i in ids] or [i for ids, _, _ in window for i in ids]
+            what = "loss" if packed[1] > 0 else "gradients"
+            raise NonFiniteError(
+                f"non-finite {what} at optimizer step {self.state.step + 1} (epoch {epoch}) on rank {self.d.rank}, "
+                f"samples {bad_ids}; stopped before updating. Last good checkpoint: "
+                f"{self.cfg.run_dir / 'checkpoints'} (untouched)"
+            )
+        set_lr(self.optimizer, lr_at(self.state.step, total_steps, self.cfg.optim))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state.step += 1
+        return packed[0].item(), gnorm.item()
+
+    def run_epoch(self, epoch: int, loader, sampler: EpochSampler, total_steps: int) -> bool:
+        """Train one epoch from state.position; returns True when max_steps stopped it."""
+        cfg, b, acc = self.cfg, self.cfg.batch_size, max(self.cfg.accum_steps, 1)
+        per_rank = sampler.n // self.d.world + (sampler.n % self.d.world > 0)  # DistributedSampler pads
+        micro = math.ceil(per_rank / b)
+        sampler.set_epoch(epoch, start=self.state.position * b)
+        bar = self.log.bar(math.ceil(micro / acc), self.state.position // acc, f"epoch {epoch}", cfg.progress)
+        window, t0, seen = [], time.perf_counter(), 0
+        self.train_model.train()
+        for j, batch in enumerate(loader, start=self.state.position):
+            w0 = (j // acc) * acc
+            w1 = min(w0 + acc, micro)
+            n_window = min(w1 * b, per_rank) - w0 * b
+            n = len(batch["id"])
+            window.append((batch["id"], self.micro_step(batch, n / n_window, sync=j + 1 == w1), n / n_window))
+            seen += n * self.d.world
+            if j + 1 < w1:
+                continue
+            loss, gnorm = self.optimizer_step(window, total_steps, epoch)
+            window = []
+            self.state.position = j + 1
+            self.result.losses.append(loss)
+            lr = self.optimizer.param_groups[0]["lr"]
+            rate = seen / max(time.perf_counter() - t0, 1e-9)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", sps=f"{rate:.2f}")
+            if cfg.log_every and self.state.step % cfg.log_every == 0:
+                self.log.write(kind="step", step=self.state.step, epoch=epoch, loss=loss, lr=lr,
+                               grad_norm=gnorm, samples_per_s=rate, time=time.time())
+            if cfg.max_steps and self.state.step >= cfg.max_steps:
+                self.save()
+                return True
+            if cfg.ckpt_every and self.state.step % cfg.ckpt_every == 0:
+                self.save()
+        if bar is not None:
+            bar.close()
+        return False
+
+    @torch.no_grad()
+    def validate(self, loader, epoch: int) -> dict:
+        self.model.eval()
+        scores, saved = ValScores(self.device), 0
+        for batch in loader:
+            inputs = to_device(batch, self.device)
+            with self.autocast():
+                logits = self.model.predict(inputs["image"], inputs["depth"])
+            pred = to_u8(logits)
+            gt = batch["mask"].to(self.device)
+            scores.update(pred, gt)
+            if self.d.main and saved < self.cfg.val_images:
+                k = min(self.cfg.val_images - saved, pred.shape[0])
+                self.log.save_images(epoch, batch["id"][:k], batch["image"][:k], batch["mask"][:k], pred[:k])
+                saved += k
+        self.model.train()
+        return ValScores.result(ddp.all_reduce(scores.packed(), self.d))
+
+
+def _setup(cfg: Config, d: ddp.Dist, model: torch.nn.Module | None) -> Trainer:
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    seed_all(cfg.seed)  # same initial weights on every rank
+    model = (model or build_model(cfg)).to(d.device)
+    use_cl = cfg.channels_last and d.device.type == "cuda"
+    if use_cl:
+        model = model.to(memory_format=torch.channels_last)
+    seed_all(cfg.seed + d.rank)  # rank-specific dropout / drop-path noise
+    dtype, needs_scaler = precision(d.device, cfg.precision)
+    scaler = torch.amp.GradScaler(d.device.type, enabled=needs_scaler)
+    optimizer = build_optimizer(model, cfg.optim, d.device)
+    model_config = asdict(cfg.model)
+    ckpt_dir = cfg.run_dir / "checkpoints"
+    state, resumed = ckpt.TrainState(), None
+    if cfg.resume and (ckpt_dir / "latest.json").is_file():
+        state, _ = ckpt.load_checkpoint(ckpt_dir, model, optimizer, scaler, model_config=model_config, rank=d.rank)
+        resumed = state.step
+    elif cfg.init_from:
+        init_weights(model, cfg.init_from, model_config)
+    train_model = model
+    if d.enabled:
+        ids = [d.device.index] if d.device.type == "cuda" else None
+        train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=cfg.ddp_find_unused)
+    if cfg.compile:
+        train_model = torch.compile(train_model)
+    log = RunLog(cfg.run_dir, cfg, d.main, resumed)
+    return Trainer(cfg, d, model, train_model, optimizer, scaler, dtype, state, log, model_config,
+                   TrainResult(state=state, is_main=d.main))
+
+
+def train(cfg: Config, model: torch.nn.Module | None = None) -> TrainResult:
+    """Run (or resume) training as configured; `model` overrides building cfg.model (tests)."""
+    d = ddp.init(cfg.device)
+    try:
+        return _train(_setup(cfg, d, model))
+    finally:
+        ddp.shutdown(d)
+
+
+def _train(t: Trainer) -> TrainResult:
+    cfg, d = t.cfg, t.d
+    data = cfg.data
+    train_ds = StoreDataset(data.train_stores, train=True, seed=cfg.seed, augment=data.augment, depth_inputs=data.depth_inputs)
+    sampler = EpochSampler(len(train_ds), shuffle=True, seed=cfg.seed, rank=d.rank, world=d.world)
+    pin = d.device.type == "cuda"
+    loader = make_loader(train_ds, sampler, data, cfg.batch_size, pin_memory=pin)
+    val_loader = None
+    if cfg.val_every and data.val_stores:
+        val_ds = StoreDataset(data.val_stores, train=False)
+        val_loader = make_loader(val_ds, ShardSampler(len(val_ds), d.rank, d.world), dataclasses.replace(data), cfg.batch_size, pin_memory=pin)
+    per_rank = math.ceil(len(train_ds) / d.world)
+    total_steps = cfg.epochs * math.ceil(math.ceil(per_rank / cfg.batch_size) / max(cfg.accum_steps, 1))
+    for epoch in range(t.state.epoch, cfg.epochs):
+        t0, first = time.time(), len(t.result.losses)
+        if t.run_epoch(epoch, loader, sampler, total_steps):
+            break
+        t.state.epoch, t.state.position = epoch + 1, 0
+        record = {"kind": "epoch", "epoch": epoch, "step": t.state.step, "seconds": time.time() - t0}
+        losses = t.result.losses[first:]
+        if losses:
+            record["train_loss"] = sum(losses) / len(losses)
+        scores = None
+        if val_loader is not None and (epoch + 1) % cfg.val_every == 0:
+            scores = t.validate(val_loader, epoch)
+            t.result.val.append(scores)
+            record.update(val_max_f=scores["max_f"], val_mae=scores["mae"])
+            if scores["max_f"] > t.state.best_max_f:
+                t.state.best_max_f, t.state.best_mae, t.state.best_step = scores["max_f"], scores["mae"], t.state.step
+            else:
+                scores = None  # not a new best
+        t.log.write(**record)
+        path = t.save()
+        if scores is not None and d.main and path is not None:
+            ckpt.mark_best(cfg.run_dir / "checkpoints", cfg.run_dir, path, {"max_f": scores["max_f"], "mae": scores["mae"], "step": t.state.step})
+    return t.result

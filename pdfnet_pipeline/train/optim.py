@@ -1,0 +1,63 @@
+"""AdamW with the paper's parameter groups, and the learning rate as a pure function of the step.
+
+A pure `lr_at(step)` (nanoGPT style) instead of a stateful scheduler: resuming needs only the step
+number, and the schedule can be tested and plotted without building an optimizer.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-5  # paper: constant 1e-5 (the reference's cosine has lr = warmup_lr = min_lr)
+    weight_decay: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    schedule: Literal["constant", "cosine"] = "constant"
+    warmup_steps: int = 0  # linear warmup from lr / warmup_steps, for either schedule
+    min_lr: float = 0.0  # cosine floor
+    clip_grad: float = 0.0  # max global grad norm; 0 = no clipping (the norm is still checked)
+
+
+def lr_at(step: int, total_steps: int, cfg: OptimConfig) -> float:
+    """Learning rate of optimizer step `step` (0-based) in a run of `total_steps` steps."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return cfg.lr
+    span = max(total_steps - cfg.warmup_steps, 1)
+    progress = min((step - cfg.warmup_steps) / span, 1.0)
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices and kernels only: none on biases and other 1-D parameters
+    (norm weights), as in the paper's recipe."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, device: torch.device) -> torch.optim.AdamW:
+    # fused AdamW is one kernel per step on CUDA; on CPU the default (foreach) is the fast path
+    fused = device.type == "cuda"
+    return torch.optim.AdamW(
+        param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused or None
+    )
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
