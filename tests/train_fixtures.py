@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageFilter
 
 from pdfnet_pipeline import store
@@ -57,3 +58,30 @@ def sample_store(path: Path, split: str, count: int, size: int, seed: int = 0) -
         ids.append(f"gen-{split}-{i:03d}-{kind}")
     arrays = {name: np.stack(v).astype(np.float16) for name, v in depths.items()}
     return write_store(path, np.stack(images), np.stack(masks), arrays, ids, split=split)
+
+
+class ToyOutput:
+    def __init__(self, losses):
+        self.losses = losses
+
+
+class ToyNet(torch.nn.Module):
+    """A fast stand-in with PDFNet's interface for loop-mechanics tests (resume, accumulation,
+    NaN guard, DDP). Its loss is a per-sample mean, so batch 2 == 2 x batch 1 exactly in math;
+    `dropout` > 0 makes it consume the torch RNG like PDFNet's CoA dropout and drop-path."""
+
+    def __init__(self, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(4, 6, 3, padding=1)
+        self.drop = torch.nn.Dropout(dropout)
+        self.norm = torch.nn.GroupNorm(1, 6)
+        self.conv2 = torch.nn.Conv2d(6, 1, 3, padding=1)
+
+    def predict(self, image, depth):
+        return self.conv2(self.drop(torch.relu(self.norm(self.conv1(torch.cat([image, depth], 1))))))
+
+    def forward(self, image, depth, mask=None, depth_target=None):
+        logits = self.predict(image, depth)
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, mask, reduction="none")
+        reg = (torch.sigmoid(logits) - depth_target).square()
+        return ToyOutput({"total": (bce + 0.1 * reg).mean()})
