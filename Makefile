@@ -36,7 +36,6 @@ help:
 setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH)
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
@@ -64,7 +63,8 @@ $(DEPTH_DONE): $(MANIFEST) stages/depth.toml
 depth: $(DEPTH_DONE)
 
 $(TRAIN_DONE): $(DEPTH_DONE) stages/train.toml
-	$(CLI) stage run train --profile $(PROFILE) --set stores=\"$(STORES)\" --set run_dir=\"$(RUNS)/$(RUN)\" $(SETS)
+	$(CLI) stage run train --profile $(PROFILE) --set run_dir=\"$(RUNS)/$(RUN)\" \
+	  --set 'data.train_stores=["$(STORES)/DIS-TR.zarr"]' --set 'data.val_stores=["$(STORES)/DIS-VD.zarr"]' $(SETS)
 	touch $@
 train: $(TRAIN_DONE)
 
