@@ -42,6 +42,7 @@ class DamArch:
     out_indices: tuple[int, ...]
     neck: tuple[int, ...]
     fusion: int
+    head_hidden: int = 32
 
 
 ARCHS: dict[str, DamArch] = {
@@ -49,7 +50,7 @@ ARCHS: dict[str, DamArch] = {
     "base": DamArch(768, 12, 12, (3, 6, 9, 12), (96, 192, 384, 768), 128),
     "large": DamArch(1024, 24, 16, (5, 12, 18, 24), (256, 512, 1024, 1024), 256),
     # Same code path, a few layers and small width: CPU tests and the smoke profile.
-    "tiny": DamArch(32, 4, 2, (1, 2, 3, 4), (8, 16, 32, 32), 16),
+    "tiny": DamArch(32, 4, 2, (1, 2, 3, 4), (8, 16, 32, 32), 16, head_hidden=8),
 }
 
 
@@ -79,6 +80,7 @@ def dam_config(arch: str):
         reassemble_hidden_size=a.hidden,
         neck_hidden_sizes=list(a.neck),
         fusion_hidden_size=a.fusion,
+        head_hidden_size=a.head_hidden,
         depth_estimation_type="relative",
         max_depth=1,
     )

@@ -1,0 +1,342 @@
+"""Stage depth: DAM v2 small/base/large (518 input) and the large supervision map (1036 input) for
+every image of the chosen splits, in one pass, into `STORES/<split>.zarr`.
+
+Per split: lock the store (rank 0), create or check it, then each rank computes the missing
+samples of its strided share (rank, rank + world, ...) in fixed batches and hands finished samples
+to writer threads, which write a sample's arrays and then its done flag. Rerunning after any
+crash computes only batches that still hold missing samples. Under torchrun the ranks agree on
+the lock and the layout through the process group; nothing else is coordinated.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from pdfnet_pipeline import store
+from pdfnet_pipeline.depth import dam
+
+MODEL_MAPS = ("small", "base", "large")  # 518 input, one model each
+SUPERVISION = "large_1024"  # the large model at the 1024 rule's input side (1036)
+
+
+@dataclass
+class ModelSpec:
+    arch: str = "small"  # small | base | large | tiny
+    weights: str = "hub"  # "hub" (official id for arch) | hub id | local dir | "random"
+    revision: str = ""  # hub revision ("" = main)
+
+
+@dataclass
+class Models:
+    small: ModelSpec = field(default_factory=lambda: ModelSpec("small"))
+    base: ModelSpec = field(default_factory=lambda: ModelSpec("base"))
+    large: ModelSpec = field(default_factory=lambda: ModelSpec("large"))
+
+
+@dataclass
+class Config:
+    manifest: Path = Path("data_manifests/DIS5K.jsonl")
+    stores: Path = Path("stores")
+    splits: list[str] = field(default_factory=list)  # empty: every split in the manifest
+    size: int = 1024  # store side
+    input_size: int = 518  # DAM input for small/base/large
+    supervision_size: int = 1024  # official sizing rule -> 1036 input for large_1024
+    maps: list[str] = field(default_factory=lambda: ["small", "base", "large", "large_1024"])
+    models: Models = field(default_factory=Models)
+    seed: int = 0  # random weights only
+    allow_download: bool = True  # False: hub weights must already be in the HF cache
+    batch_size: int = 8
+    workers: int = 4  # decode/resize processes
+    write_threads: int = 4
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (torchrun: cuda:LOCAL_RANK)
+    dtype: Literal["auto", "bfloat16", "float32"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    on_error: Literal["stop", "skip"] = "stop"
+    draft: bool = True  # JPEG draft decoding of big images
+    progress: bool = True
+
+
+class DepthStageError(RuntimeError):
+    """A bad input (on_error=stop), a non-finite map, or a refused store."""
+
+
+@dataclass
+class Ranks:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    group: bool = False  # torch.distributed initialised by us
+
+
+def _ranks() -> Ranks:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Ranks()
+    return Ranks(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")), True)
+
+
+def _device(cfg: Config, ranks: Ranks):
+    import torch
+
+    name = cfg.device
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and ranks.world > 1:
+        name = f"cuda:{ranks.local_rank}"
+    dev = torch.device(name)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    return dev
+
+
+def _amp(cfg: Config, device) -> "torch.dtype | None":
+    import torch
+
+    if cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+def _check_maps(cfg: Config) -> None:
+    bad = [m for m in cfg.maps if m not in store.DEPTH_MAPS]
+    if bad or not cfg.maps:
+        raise DepthStageError(f"maps {bad or cfg.maps}: choose among {list(store.DEPTH_MAPS)}")
+
+
+def load_models(cfg: Config) -> tuple[dict, dict]:
+    """{map: model} and {map: provenance}. large_1024 reuses the large model."""
+    needed = {m for m in cfg.maps if m in MODEL_MAPS} | ({"large"} if SUPERVISION in cfg.maps else set())
+    models, prov = {}, {}
+    for k, name in enumerate(MODEL_MAPS):
+        if name not in needed:
+            continue
+        spec: ModelSpec = getattr(cfg.models, name)
+        models[name], prov[name] = dam.load_dam(
+            spec.arch, spec.weights, revision=spec.revision or None, seed=cfg.seed + k,
+            allow_download=cfg.allow_download,
+        )
+    out_prov = {m: prov[m] for m in cfg.maps if m in MODEL_MAPS}
+    if SUPERVISION in cfg.maps:
+        out_prov[SUPERVISION] = {**prov["large"], "input_side": dam.input_side(cfg.supervision_size)}
+    return models, out_prov
+
+
+def preprocessing(cfg: Config, amp) -> dict:
+    return {
+        "input_side": dam.input_side(cfg.input_size),
+        "supervision_side": dam.input_side(cfg.supervision_size),
+        "input_resize": "bicubic a=-0.75, align_corners=False, no antialias, square",
+        "normalize": {"mean": list(dam.IMAGENET_MEAN), "std": list(dam.IMAGENET_STD)},
+        "output": "bilinear align_corners=True to size, per-map min-max to [0,1], float16",
+        "image_mask_resize": "bilinear antialias (triangle), rounded to uint8",
+        "jpeg_draft": cfg.draft,
+        "autocast": str(amp).removeprefix("torch.") if amp is not None else "float32",
+        "dpt_head": "float32",
+    }
+
+
+def _infer(models: dict, batch: dict, cfg: Config, device, amp) -> tuple[dict, list[tuple[int, str]]]:
+    """{map: (B,S,S) float16 numpy} and the non-finite failures as (batch position, message)."""
+    import torch
+
+    out, bad = {}, []
+    with torch.inference_mode():
+        x_in = batch["x_in"].to(device, non_blocking=True)
+        for name in cfg.maps:
+            if name == SUPERVISION:
+                x = batch["x_sup"].to(device, non_blocking=True)
+                maps, finite = dam.predict(models["large"], x, cfg.size, amp)
+            else:
+                maps, finite = dam.predict(models[name], x_in, cfg.size, amp)
+            out[name] = maps.to(torch.float16).cpu().numpy()
+            bad += [(int(i), f"non-finite depth from the {name} model") for i in torch.nonzero(~finite.cpu()).flatten()]
+    return out, bad
+
+
+class Writer:
+    """Writer threads with a bounded queue; the first failure is raised on the next call."""
+
+    def __init__(self, group, threads: int, max_pending: int) -> None:
+        self.group, self.max_pending = group, max_pending
+        self.pool = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="store-writer")
+        self.pending: deque[Future] = deque()
+        self.written = 0
+
+    def submit(self, index: int, image, mask, depths: dict) -> None:
+        while len(self.pending) >= self.max_pending:
+            self.pending.popleft().result()
+        # store.write_sample looked up per call (tests inject crashes there).
+        self.pending.append(self.pool.submit(store.write_sample, self.group, index, image, mask, depths))
+        self.written += 1
+
+    def drain(self) -> None:
+        try:
+            while self.pending:
+                self.pending.popleft().result()
+        finally:
+            self.pool.shutdown(wait=True)
+
+
+def _loader(entries, root: Path, todo: list[list[int]], cfg: Config, device):
+    import torch
+
+    from pdfnet_pipeline.depth import inputs
+
+    sup = dam.input_side(cfg.supervision_size) if SUPERVISION in cfg.maps else None
+    prep = inputs.Prep(cfg.size, dam.input_side(cfg.input_size), sup, cfg.draft)
+    return torch.utils.data.DataLoader(
+        inputs.SampleSource(entries, root, prep),
+        batch_sampler=todo,
+        num_workers=cfg.workers,
+        collate_fn=inputs.collate,
+        worker_init_fn=inputs.worker_init,
+        pin_memory=device.type == "cuda",
+        prefetch_factor=2 if cfg.workers > 0 else None,
+    )
+
+
+def _compute(group, entries, root: Path, cfg: Config, ranks: Ranks, models: dict, device, amp) -> tuple[int, list[str]]:
+    """This rank's missing samples of one split; returns (written, skipped messages)."""
+    from tqdm import tqdm
+
+    from pdfnet_pipeline.depth import inputs
+
+    done = np.asarray(group["done"][:], dtype=bool)
+    mine = list(range(ranks.rank, len(entries), ranks.world))
+    todo = [b for b in inputs.fixed_batches(mine, cfg.batch_size) if not done[b].all()]
+    if not todo:
+        return 0, []
+    skipped: list[str] = []
+    writer = Writer(group, cfg.write_threads, max_pending=2 * cfg.batch_size)
+    bar = tqdm(total=sum(int((~done[b]).sum()) for b in todo), desc=group.attrs["split"], unit="img",
+               disable=not cfg.progress or ranks.rank != 0, file=sys.stderr)
+    try:
+        for batch in _loader(entries, root, todo, cfg, device):
+            failures = list(batch["errors"])
+            if batch["index"]:
+                maps, bad = _infer(models, batch, cfg, device, amp)
+                failures += [(batch["index"][pos], msg) for pos, msg in bad]
+                failed = {i for i, _ in failures}
+                for pos, index in enumerate(batch["index"]):
+                    if done[index] or index in failed:
+                        continue
+                    depths = {name: maps[name][pos] for name in cfg.maps}
+                    writer.submit(index, batch["image"][pos].numpy(), batch["mask"][pos].numpy(), depths)
+                    bar.update(1)
+            for index, msg in failures:
+                text = msg if msg.startswith("/") else f"{entries[index].image_path(root)}: {msg}"
+                if cfg.on_error == "stop":
+                    writer.drain()  # everything already computed is kept
+                    raise DepthStageError(f"bad input (on_error=stop; rerun resumes): {text}")
+                print(f"skipped: {text}", file=sys.stderr)
+                skipped.append(text)
+    finally:
+        bar.close()
+        writer.drain()
+    return writer.written, skipped
+
+
+def _agree(ranks: Ranks, error: str | None) -> None:
+    """Rank 0's error (lock refused, store mismatch) stops every rank."""
+    if ranks.group:
+        import torch.distributed as dist
+
+        box = [error]
+        dist.broadcast_object_list(box, src=0)
+        error = box[0]
+    if error:
+        raise DepthStageError(error)
+
+
+def _gather(ranks: Ranks, items: list[str], written: int) -> tuple[list[str], int]:
+    if not ranks.group:
+        return items, written
+    import torch.distributed as dist
+
+    out: list = [None] * ranks.world
+    dist.all_gather_object(out, (items, written))
+    return [s for part, _ in out for s in part], sum(w for _, w in out)
+
+
+def _run_split(split: str, manifest, cfg: Config, ranks: Ranks, models: dict, prov: dict, device, amp) -> dict:
+    path = cfg.stores / f"{split}.zarr"
+    entries = manifest.split(split)
+    spec = store.StoreSpec(
+        split=split,
+        ids=[e.id for e in entries],
+        orig_sizes=[(e.height, e.width) for e in entries],
+        size=cfg.size,
+        manifest_sha256=manifest.split_hash(split),
+        maps=tuple(cfg.maps),
+        models=prov,
+        preprocessing=preprocessing(cfg, amp),
+    )
+    with ExitStack() as stack:
+        error = None
+        if ranks.rank == 0:
+            try:
+                stack.enter_context(store.writer_lock(path))
+                group = store.open_write(path, spec)  # creates the layout if missing
+            except store.StoreError as err:
+                error = str(err)
+        _agree(ranks, error)
+        if ranks.group:
+            import torch.distributed as dist
+
+            dist.barrier()
+        if ranks.rank != 0:
+            group = store.open_write(path, spec)
+        start = time.perf_counter()
+        written, skipped = _compute(group, entries, Path(manifest.root), cfg, ranks, models, device, amp)
+        skipped, written = _gather(ranks, skipped, written)
+        if ranks.group:
+            import torch.distributed as dist
+
+            dist.barrier()  # every rank's writes finished before the lock is released
+        if ranks.rank == 0:
+            store.touch(group, skipped=skipped)
+        seconds = time.perf_counter() - start
+    st = store.split_status(path) if ranks.rank == 0 else {}
+    return {**st, "split": split, "written": written, "skipped_now": skipped, "seconds": seconds}
+
+
+def run(cfg: Config) -> list[dict]:
+    """Run the stage over every requested split; returns per-split summaries (rank 0 prints them)."""
+    import torch
+
+    from pdfnet_pipeline.data.manifest import read_manifest
+
+    _check_maps(cfg)
+    ranks = _ranks()
+    if ranks.group and not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo"
+        torch.distributed.init_process_group(backend)
+    try:
+        device = _device(cfg, ranks)
+        amp = _amp(cfg, device)
+        manifest = read_manifest(cfg.manifest)
+        models, prov = load_models(cfg)
+        for m in models.values():
+            m.to(device)
+        out = []
+        for split in cfg.splits or manifest.splits():
+            summary = _run_split(split, manifest, cfg, ranks, models, prov, device, amp)
+            if ranks.rank == 0:
+                print(
+                    f"{split}: {summary['done']}/{summary['n']} done, {summary['written']} written this run "
+                    f"in {summary['seconds']:.1f} s, {len(summary['skipped_now'])} skipped -> {summary['path']}"
+                )
+            out.append(summary)
+        return out
+    finally:
+        if ranks.group and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
