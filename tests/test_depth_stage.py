@@ -224,7 +224,7 @@ def test_torchrun_two_gloo_ranks_write_each_sample_exactly_once(data, reference,
     script = tmp_path / "run.py"
     script.write_text(TORCHRUN)
     cfg = small_cfg(data, tmp_path / "stores", batch_size=1)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "0",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            str(script), json.dumps(cfgmod.to_dict(cfg)), str(tmp_path)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
