@@ -108,3 +108,10 @@ def test_stage_toml_defaults_are_the_paper_recipe_and_smoke_is_tiny():
     assert (smoke.model.preset, smoke.model.backbone_weights, smoke.device) == ("tiny", "random", "cpu")
     with pytest.raises(cfgmod.ConfigError):
         cfgmod.from_dict(Config, cfgmod.load_stage_dict("train", "smoke", ["optim.lrr=1"]))
+
+
+def test_bf16_autocast_path_trains_on_cpu(tmp_path, stores):
+    f32 = train(toy_cfg(tmp_path, [stores[0]], name="f32", epochs=1), model=toy())
+    b16 = train(toy_cfg(tmp_path, [stores[0]], name="b16", epochs=1, precision="bf16"), model=toy())
+    assert all(np.isfinite(b16.losses)) and b16.losses != f32.losses  # autocast really ran in bf16
+    np.testing.assert_allclose(b16.losses, f32.losses, rtol=0.05)

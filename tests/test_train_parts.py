@@ -139,3 +139,15 @@ def test_maxf_batched_equals_reference_on_random_maps():
     ref_f, ref_mae = _sod_reference(list(preds), list(gts))
     assert curves.mean(0).max().item() == pytest.approx(ref_f, abs=1e-12)
     assert mae.mean().item() == pytest.approx(ref_mae, abs=1e-12)
+
+
+def test_precision_rules():
+    from pdfnet_pipeline.train.loop import precision
+
+    cpu = torch.device("cpu")
+    assert precision(cpu, "auto") == (None, False)  # float32 on the CPU
+    assert precision(cpu, "bf16") == (torch.bfloat16, False)
+    assert precision(torch.device("cuda"), "fp16") == (torch.float16, True)  # GradScaler with fp16
+    assert precision(torch.device("cuda"), "bf16") == (torch.bfloat16, False)
+    with pytest.raises(ValueError, match="fp16 needs CUDA"):
+        precision(cpu, "fp16")
