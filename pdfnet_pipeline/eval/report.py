@@ -81,7 +81,9 @@ def plot_curves(curves: dict[str, dict[str, np.ndarray]], path: Path, label: str
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     if label:
-        fig.suptitle(label, color="red", fontweight="bold")
+        import textwrap
+
+        fig.suptitle("\n".join(textwrap.wrap(label, 110)), color="red", fontweight="bold", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

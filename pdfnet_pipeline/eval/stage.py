@@ -1,0 +1,179 @@
+"""Stage eval: predict every done sample of each split from its store, save native-size PNGs,
+compute the DIS metrics per split and over DIS-TE (all), and write the report.
+
+Predictions use the store's 1024² image and its `depth/large` map (the inference input the paper
+uses), optionally with TTA; the GT is the manifest's original mask at its native size, so the
+numbers are comparable with published ones. A store built from another manifest is refused.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from pdfnet_pipeline.data.images import load_mask
+from pdfnet_pipeline.data.manifest import DIS_SPLITS, read_manifest
+from pdfnet_pipeline.eval.report import SheetRow, contact_sheet, plot_curves, write_tables
+from pdfnet_pipeline.eval.tta import predict_logits, to_native_uint8
+
+TEST_SPLITS = ("DIS-TE1", "DIS-TE2", "DIS-TE3", "DIS-TE4")
+ALL_TE = "DIS-TE (all)"
+
+
+@dataclass
+class Config:
+    stores: Path = Path("stores")
+    manifest: Path = Path("data_manifests/DIS5K.jsonl")
+    run_dir: Path = Path("runs/paper")
+    checkpoint: Path | None = None  # default: the run's best checkpoint
+    out: Path | None = None  # default: run_dir/eval
+    splits: list[str] = field(default_factory=lambda: list(DIS_SPLITS[1:]))
+    tta: bool = False  # hflip x scales 0.75 / 1 / 1.25, logits averaged
+    device: str = "auto"
+    amp: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    metric_workers: int = 0  # 0: all cores
+    sheet_rows: int = 3  # best and worst samples in the contact sheet
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    if device.type != "cuda" or amp == "fp32":
+        return None
+    if amp == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+def find_checkpoint(run_dir: Path) -> Path:
+    for name in ("best.safetensors", "last.safetensors", "model.safetensors"):
+        if (run_dir / name).is_file():
+            return run_dir / name
+    found = sorted(run_dir.glob("**/*.safetensors"))
+    if not found:
+        raise FileNotFoundError(f"{run_dir}: no checkpoint (train first, or pass --set checkpoint=...)")
+    return found[-1]
+
+
+def random_weight_reasons(stores: list[Path], run_dir: Path) -> list[str]:
+    """Why the numbers of this run mean nothing, if they don't: random DAM or random PDFNet init."""
+    import zarr
+
+    reasons = set()
+    for path in stores:
+        models = dict(zarr.open_group(str(path), mode="r").attrs).get("models", {})
+        if any(str(m.get("weights", "")).lower() == "random" for m in models.values()):
+            reasons.add("depth maps from randomly initialised DAM v2")
+    cfg_file = run_dir / "config.json"
+    if cfg_file.is_file():
+        cfg = json.loads(cfg_file.read_text())
+        model = cfg.get("model", {})
+        if model.get("backbone_weights", "random") == "random" and not cfg.get("init_from"):
+            reasons.add(f"PDFNet ({model.get('preset', '?')} preset) trained from random initial weights")
+    return sorted(reasons)
+
+
+def _predict_split(model, store: Path, out_dir: Path, cfg: Config, device, amp) -> list[dict]:
+    """Predict one split; returns per-sample dicts (id, row, pred path, depth thumbnail data)."""
+    from pdfnet_pipeline.data.augment import normalize_image
+    from pdfnet_pipeline.data.dataset import StoreDataset
+
+    ds = StoreDataset([store], train=False)
+    group = ds._group(0)
+    orig = np.asarray(group["orig_size"][:])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    records = []
+    for i in tqdm(range(len(ds)), desc=f"predict {store.stem}", unit="img"):
+        s = ds[i]
+        image = normalize_image(s["image"][None].to(device))
+        depth = s["depth"][None, None].to(device).float()
+        with torch.no_grad(), torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            logits = predict_logits(model.predict, image, depth, tta=cfg.tta)
+        h, w = (int(v) for v in orig[int(ds.rows[i])])
+        pred = to_native_uint8(logits, (h, w))[0, 0].cpu().numpy()
+        path = out_dir / f"{s['id']}.png"
+        Image.fromarray(pred).save(path)
+        records.append({"id": s["id"], "row": int(ds.rows[i]), "pred": path})
+    return records
+
+
+def run(cfg: Config) -> dict:
+    from pdfnet_pipeline.eval import metrics as M
+    from pdfnet_pipeline.model.checkpoint import load_model
+    from pdfnet_pipeline.store import open_read
+
+    device = _device(cfg.device)
+    amp = _amp_dtype(cfg.amp, device)
+    out = cfg.out or cfg.run_dir / "eval"
+    ckpt = cfg.checkpoint or find_checkpoint(cfg.run_dir)
+    manifest = read_manifest(cfg.manifest)
+    stores = {s: cfg.stores / f"{s}.zarr" for s in cfg.splits}
+    for split, path in stores.items():
+        recorded = dict(open_read(path).attrs).get("manifest_sha256")
+        if recorded != manifest.split_hash(split):
+            raise SystemExit(f"error: {path} was built from another manifest than {cfg.manifest} ({split})")
+    reasons = random_weight_reasons(list(stores.values()), cfg.run_dir)
+    label = ("RANDOM-WEIGHT RUN: " + "; ".join(reasons) + " - these numbers measure nothing") if reasons else None
+    if label:
+        print(label)
+    model = load_model(ckpt, map_location=device).to(device).eval()
+    print(f"eval {ckpt} on {', '.join(cfg.splits)}{' with TTA' if cfg.tta else ''} ({device})")
+
+    mcfg = M.MetricsConfig(skeleton_cache=cfg.stores / ".gt_skeletons")  # GT skeletons reused across runs
+    per_split, samples = {}, []
+    for split, path in stores.items():
+        records = _predict_split(model, path, out / "preds" / split, cfg, device, amp)
+        gts = {e.id: e.mask_path(manifest.root) for e in manifest.split(split)}
+        pairs = [(r["pred"], gts[r["id"]], r["id"]) for r in records]
+        result = M.evaluate_pairs(pairs, workers=cfg.metric_workers or None, config=mcfg)
+        per_split[split] = result
+        samples += [dict(r, split=split, mae=im.mae) for r, im in zip(records, result.images)]
+    te = [im for s in TEST_SPLITS if s in per_split for im in per_split[s].images]
+    if te:
+        per_split[ALL_TE] = M.Results.from_images(te)
+    results = {s: {**r.summary(), "count": len(r.images)} for s, r in per_split.items()}
+    curves = {s: {"precision": r.precision, "recall": r.recall, "fmeasure": r.f_curve} for s, r in per_split.items()}
+    files = write_tables(results, out, label)
+    files.append(plot_curves(curves, out / "curves.png", label))
+    files.append(_sheet(samples, stores, manifest, out / "contact_sheet.png", cfg.sheet_rows, label))
+    print((out / "results.md").read_text())
+    print("wrote " + ", ".join(str(f) for f in files))
+    return results
+
+
+def _sheet(samples, stores, manifest, path: Path, n: int, label: str | None) -> Path:
+    """Best and worst samples by MAE: image | depth | GT | prediction at native size."""
+    from pdfnet_pipeline.store import open_read
+
+    ranked = sorted(samples, key=lambda r: r["mae"])
+    chosen = ranked[:n] + [r for r in ranked[-n:] if r not in ranked[:n]]
+    rows = []
+    for r in chosen:
+        g = open_read(stores[r["split"]])
+        entry = next(e for e in manifest.split(r["split"]) if e.id == r["id"])
+        tag = "best" if r in ranked[:n] else "worst"
+        gt = load_mask(entry.mask_path(manifest.root))
+        native = (gt.shape[1], gt.shape[0])  # the store holds squares: show them at the photo's aspect
+        image = Image.fromarray(np.asarray(g["image"][r["row"]])).resize(native, Image.BILINEAR)
+        depth = Image.fromarray(np.asarray(g["depth/large"][r["row"]], dtype=np.float32)).resize(native, Image.BILINEAR)
+        rows.append(
+            SheetRow(
+                f"{tag}: {r['split']} / {r['id']}  MAE {r['mae']:.4f}",
+                np.asarray(image),
+                np.asarray(depth),
+                gt,
+                np.asarray(Image.open(r["pred"])),
+            )
+        )
+    return contact_sheet(rows, path, label)
