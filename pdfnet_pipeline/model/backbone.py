@@ -47,7 +47,11 @@ class PadThenShiftBlock(SwinTransformerBlock):
     """timm Swin block whose window attention pads to a window multiple first, then shifts.
 
     Only `_attn` changes; the mask is built on the padded grid exactly as the reference does
-    (padded tokens are not masked, in either implementation).
+    (padded tokens are not masked, in either implementation). Masked pairs get -inf instead of
+    the reference's -100: exp(-100) = 3.7e-44 is a float32 denormal, and denormals made the CPU
+    matmuls of the padded patch-pass windows 10-100x slower (a 512² forward took minutes). Those
+    weights are below float32 resolution next to the unmasked ones (every token sees at least
+    itself), so outputs agree with the -100 mask (checked in tests/test_model_refswin.py).
     """
 
     def _attn(self, x: torch.Tensor) -> torch.Tensor:
@@ -59,6 +63,7 @@ class PadThenShiftBlock(SwinTransformerBlock):
         if has_shift:
             x = torch.roll(x, shifts=(-self.shift_size[0], -self.shift_size[1]), dims=(1, 2))
             mask = self.get_attn_mask(x)
+            mask = mask.masked_fill(mask != 0, float("-inf"))
         else:
             mask = None
         windows = window_partition(x, self.window_size).view(-1, self.window_area, C)
