@@ -63,7 +63,7 @@ $(DEPTH_DONE): $(MANIFEST) stages/depth.toml
 depth: $(DEPTH_DONE)
 
 $(TRAIN_DONE): $(DEPTH_DONE) stages/train.toml
-	$(CLI) stage run train --profile $(PROFILE) --set run_dir=\"$(RUNS)/$(RUN)\" \
+	$(CLI) stage run train --profile $(PROFILE) --set run_dir=\"$(RUNS)/$(RUN)\" --set resume=true \
 	  --set 'data.train_stores=["$(STORES)/DIS-TR.zarr"]' --set 'data.val_stores=["$(STORES)/DIS-VD.zarr"]' $(SETS)
 	touch $@
 train: $(TRAIN_DONE)
@@ -71,7 +71,7 @@ train: $(TRAIN_DONE)
 $(EVAL_DONE): $(TRAIN_DONE) stages/eval.toml
 	$(CLI) stage run eval --profile $(PROFILE) --set manifest=\"$(MANIFEST)\" --set stores=\"$(STORES)\" --set run_dir=\"$(RUNS)/$(RUN)\" $(SETS)
 eval: $(EVAL_DONE)
-	@cat $(EVAL_DONE)
+	@echo "results: $(EVAL_DONE) (curves.png, contact_sheet.png and preds/ beside it)"
 
 # Sample data -> depth -> train -> eval with the smoke profile: tiny random-weight models on a CPU.
 demo: setup
