@@ -38,6 +38,10 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be resumed (missing, other architecture, other format)."""
 
 
+class RunDirInUseError(FileExistsError):
+    """A fresh run (resume=false) aimed at a run directory that already holds checkpoints."""
+
+
 @dataclass
 class TrainState:
     step: int = 0  # optimizer steps done
@@ -152,6 +156,23 @@ def arch_config(model_config: dict) -> dict:
     return {k: v for k, v in model_config.items() if k not in NON_ARCH_KEYS}
 
 
+def arch_diff(saved: dict, ours: dict) -> dict[str, tuple]:
+    """{key: (saved value, this run's value)} for every architecture key that differs."""
+    saved, ours = arch_config(saved), arch_config(ours)
+    return {k: (saved.get(k), ours.get(k)) for k in sorted(set(saved) | set(ours)) if saved.get(k) != ours.get(k)}
+
+
+def existing_outputs(run_dir: Path) -> list[Path]:
+    """What a fresh run in `run_dir` would overwrite or mix with: checkpoint directories and
+    pointers, and best.safetensors."""
+    ck = Path(run_dir) / "checkpoints"
+    found = []
+    if ck.is_dir():
+        found = sorted(p for p in ck.iterdir() if p.name.startswith("step_") or p.name in ("latest.json", "best.json"))
+    best = Path(run_dir) / "best.safetensors"
+    return found + ([best] if best.exists() else [])
+
+
 def save_checkpoint(
     ckpt_dir: Path,
     model: torch.nn.Module,
@@ -253,9 +274,8 @@ def load_checkpoint(
     doc = json.loads((path / "state.json").read_text())
     if doc.get("format") != "pdfnet-train-state" or doc.get("version") != STATE_VERSION:
         raise CheckpointError(f"{path}: not a version-{STATE_VERSION} training state")
-    saved, ours = arch_config(doc["model_config"]), arch_config(model_config)
-    if saved != ours:
-        diff = {k: (saved.get(k), ours.get(k)) for k in sorted(set(saved) | set(ours)) if saved.get(k) != ours.get(k)}
+    diff = arch_diff(doc["model_config"], model_config)
+    if diff:
         raise CheckpointError(f"{path}: architecture differs from this run's model config (saved, now): {diff}")
     load_weights(model, path / "model.safetensors")
     if optimizer is not None:

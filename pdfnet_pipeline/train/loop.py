@@ -17,6 +17,7 @@ import dataclasses
 import json
 import math
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -73,17 +74,29 @@ def build_model(cfg: Config) -> torch.nn.Module:
     return build_pdfnet(cfg.model)
 
 
-def init_weights(model: torch.nn.Module, source: str, model_config: dict) -> None:
-    """Fine-tuning start: a project model file or the model of a run / checkpoint directory."""
-    path = Path(source)
-    if path.is_dir():
-        path = ckpt.resolve(path) / "model.safetensors"
+def init_weights(model: torch.nn.Module, source: str, model_config: dict) -> Path:
+    """Fine-tuning start: a project model file (model.checkpoint.save_model, e.g. a converted
+    release) or the latest model of a run / checkpoints / checkpoint directory. Returns the file."""
+    from pdfnet_pipeline.model.checkpoint import CheckpointError as ModelCheckpointError
     from pdfnet_pipeline.model.checkpoint import read_config
 
-    saved = ckpt.arch_config(asdict(read_config(path)))
-    if saved != ckpt.arch_config(model_config):
-        raise ckpt.CheckpointError(f"{path}: architecture {saved} differs from this run's {ckpt.arch_config(model_config)}")
+    path = Path(source)
+    if not path.exists():
+        raise ckpt.CheckpointError(f"init_from {source}: no such file or directory")
+    if path.is_dir():
+        path = ckpt.resolve(path) / "model.safetensors"
+    try:
+        saved = asdict(read_config(path))
+    except ModelCheckpointError as err:
+        raise ckpt.CheckpointError(f"init_from {source}: {err} (convert a reference .pth with `pdfnet-pipeline model convert`)") from err
+    diff = ckpt.arch_diff(saved, model_config)
+    if diff:
+        raise ckpt.CheckpointError(
+            f"init_from {path}: its architecture differs from this run's model config "
+            f"(key: (checkpoint, this run)): {diff}; set model.* to match or pick another checkpoint"
+        )
     ckpt.load_weights(model, path)
+    return path
 
 
 class RunLog:
@@ -222,6 +235,8 @@ class Trainer:
             if cfg.log_every and self.state.step % cfg.log_every == 0:
                 self.log.write(kind="step", step=self.state.step, epoch=epoch, loss=loss, lr=lr,
                                grad_norm=gnorm, samples_per_s=rate, time=time.time())
+            if j + 1 == micro:  # the epoch's last step (no batch left): the epoch close-out logs, validates, saves
+                continue
             if cfg.max_steps and self.state.step >= cfg.max_steps:
                 self.save()
                 return True
@@ -250,7 +265,32 @@ class Trainer:
         return ValScores.result(ddp.all_reduce(scores.packed(), self.d))
 
 
+def check_run_dir(cfg: Config) -> list[Path]:
+    """Refuse to start a fresh run over another run's checkpoints unless overwrite=true; returns
+    what overwrite will delete."""
+    if cfg.resume and (cfg.run_dir / "checkpoints" / "latest.json").is_file():
+        return []
+    old = ckpt.existing_outputs(cfg.run_dir)
+    if old and not cfg.overwrite:
+        names = ", ".join(str(p.relative_to(cfg.run_dir)) for p in old)
+        why = "resume=true but checkpoints/latest.json is missing" if cfg.resume else "resume=false"
+        raise ckpt.RunDirInUseError(
+            f"run_dir {cfg.run_dir} already holds checkpoints ({names}) and {why}: refusing to start a new run "
+            f"over them. Pass resume=true to continue that run, choose another run_dir, or set overwrite=true "
+            f"to delete them and start fresh"
+        )
+    return old
+
+
+def _clear_run_dir(run_dir: Path, old: list[Path]) -> None:
+    """overwrite=true: the previous run's checkpoints, best model and sample images go."""
+    for p in old:
+        shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+    shutil.rmtree(run_dir / "samples", ignore_errors=True)
+
+
 def _setup(cfg: Config, d: ddp.Dist, model: torch.nn.Module | None) -> Trainer:
+    old = check_run_dir(cfg)  # before any work: a refused run costs nothing
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed_all(cfg.seed)  # same initial weights on every rank
@@ -270,6 +310,9 @@ def _setup(cfg: Config, d: ddp.Dist, model: torch.nn.Module | None) -> Trainer:
         resumed = state.step
     elif cfg.init_from:
         init_weights(model, cfg.init_from, model_config)
+    if old and d.main:  # after init_from, which may name this very run directory
+        _clear_run_dir(cfg.run_dir, old)
+    ddp.barrier(d)
     train_model = model
     if d.enabled:
         ids = [d.device.index] if d.device.type == "cuda" else None
@@ -325,4 +368,6 @@ def _train(t: Trainer) -> TrainResult:
         path = t.save()
         if scores is not None and d.main and path is not None:
             ckpt.mark_best(cfg.run_dir / "checkpoints", cfg.run_dir, path, {"max_f": scores["max_f"], "mae": scores["mae"], "step": t.state.step})
+        if cfg.max_steps and t.state.step >= cfg.max_steps:
+            break
     return t.result

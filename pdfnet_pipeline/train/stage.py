@@ -30,6 +30,7 @@ class Config:
     compile: bool = False
     threads: int = 0  # torch CPU threads; 0 = torch's default
     resume: bool = False  # continue exactly from run_dir's latest checkpoint
+    overwrite: bool = False  # resume=false over a run_dir holding checkpoints: delete them (else refused)
     init_from: str = ""  # fine-tune: a model .safetensors (e.g. converted release) or a run/checkpoint dir
     ckpt_every: int = 0  # optimizer steps between mid-epoch checkpoints; 0 = at epoch ends only
     keep: int = 3  # recent checkpoints kept (plus latest and best)

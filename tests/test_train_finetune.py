@@ -1,0 +1,201 @@
+"""Fine-tuning (`init_from`) and run-directory safety (no silent overwrite of another run's checkpoints).
+
+`init_from` tests stop the run at its first forward (a pre-hook snapshots the weights the first
+optimizer step would start from, then aborts), so they cost a model build, not a 256² step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from pdfnet_pipeline.model import PDFNetConfig, build_pdfnet
+from pdfnet_pipeline.model.checkpoint import convert_reference, load_model, save_model
+from pdfnet_pipeline.model.pdfnet import PRESETS
+from pdfnet_pipeline.train import checkpoint as ckpt
+from pdfnet_pipeline.train.loop import train
+from pdfnet_pipeline.train.optim import OptimConfig, build_optimizer
+
+from test_train_loop import toy, toy_cfg, weights
+from train_fixtures import random_store
+
+TINY = PDFNetConfig(preset="tiny", backbone_weights="random")
+
+
+class FirstForward(Exception):
+    pass
+
+
+def tiny_model(seed: int, cfg: PDFNetConfig = TINY):
+    torch.manual_seed(seed)
+    return build_pdfnet(cfg)
+
+
+def weights_at_first_forward(cfg, model) -> dict[str, torch.Tensor]:
+    """The model's state when step 1's forward starts (then the run is aborted)."""
+    seen: dict[str, torch.Tensor] = {}
+
+    def hook(module, args, kwargs):
+        seen.update({k: v.detach().clone() for k, v in module.state_dict().items()})
+        raise FirstForward
+
+    model.register_forward_pre_hook(hook, with_kwargs=True)
+    with pytest.raises(FirstForward):
+        train(cfg, model=model)
+    return seen
+
+
+def assert_same_state(got: dict, expected: dict) -> None:
+    assert set(got) == set(expected)
+    bad = [k for k in expected if not torch.equal(got[k], expected[k].to(got[k].dtype))]
+    assert not bad, bad[:5]
+
+
+@pytest.fixture()
+def store(tmp_path):
+    return random_store(tmp_path / "tr.zarr", n=2, size=32, seed=1)
+
+
+def test_init_from_model_file_loads_those_weights_before_step_one(tmp_path, store):
+    source = tiny_model(123)
+    save_model(source, tmp_path / "ft.safetensors")
+    expected = {k: v.clone() for k, v in source.state_dict().items()}
+    run_model = tiny_model(7)
+    fresh = {k: v.clone() for k, v in run_model.state_dict().items()}
+    assert any(not torch.equal(fresh[k], expected[k]) for k in expected)  # the check can fail
+    cfg = toy_cfg(tmp_path, [store], name="ft", init_from=str(tmp_path / "ft.safetensors"))
+    got = weights_at_first_forward(cfg, run_model)
+    assert_same_state(got, expected)
+    # the same file without init_from: the run starts from its own initial weights
+    plain = weights_at_first_forward(toy_cfg(tmp_path, [store], name="plain"), tiny_model(7))
+    assert_same_state(plain, fresh)
+
+
+def test_init_from_run_dir_checkpoints_dir_or_checkpoint_dir(tmp_path, store):
+    source = tiny_model(123)
+    opt = build_optimizer(source, OptimConfig(), torch.device("cpu"))
+    run = tmp_path / "old_run"
+    step = ckpt.save_checkpoint(run / "checkpoints", source, opt, None, ckpt.TrainState(step=5),
+                                config={}, model_config=asdict(TINY))
+    assert step == run / "checkpoints" / "step_00000005"
+    expected = {k: v.clone() for k, v in source.state_dict().items()}
+    for i, where in enumerate((run, run / "checkpoints", step)):
+        cfg = toy_cfg(tmp_path, [store], name=f"ft{i}", init_from=str(where))
+        assert_same_state(weights_at_first_forward(cfg, tiny_model(7)), expected)
+    # a training setting that does not change the architecture (drop path) is no obstacle
+    cfg = toy_cfg(tmp_path, [store], name="ft_dp", init_from=str(run))
+    cfg.model = replace(cfg.model, drop_path=0.0)
+    assert_same_state(weights_at_first_forward(cfg, tiny_model(7, cfg.model)), expected)
+
+
+def test_init_from_another_architecture_fails_naming_the_difference(tmp_path, store):
+    v2 = replace(TINY, variant="v2")
+    save_model(tiny_model(1, v2), tmp_path / "v2.safetensors")
+    cfg = toy_cfg(tmp_path, [store], name="ft", init_from=str(tmp_path / "v2.safetensors"))
+    with pytest.raises(ckpt.CheckpointError, match=r"architecture differs.*\{'variant': \('v2', 'paper'\)\}"):
+        train(cfg, model=tiny_model(7))
+    assert not (tmp_path / "ft" / "checkpoints").exists()
+    # a safetensors file that is not a project model file, and a path that does not exist
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "plain.safetensors"))
+    cfg = toy_cfg(tmp_path, [store], name="ft2", init_from=str(tmp_path / "plain.safetensors"))
+    with pytest.raises(ckpt.CheckpointError, match=r"init_from .*plain\.safetensors: .*not a pdfnet-pipeline-model"):
+        train(cfg, model=tiny_model(7))
+    cfg = toy_cfg(tmp_path, [store], name="ft3", init_from=str(tmp_path / "nope.safetensors"))
+    with pytest.raises(ckpt.CheckpointError, match=r"nope\.safetensors: no such file"):
+        train(cfg, model=tiny_model(7))
+
+
+def _reference_layout_state(seed: int = 0) -> tuple[dict[str, torch.Tensor], torch.nn.Module]:
+    """A tiny checkpoint in the reference's key layout (as tests/test_model_checkpoint.py builds it):
+    Swin from the plain reference-style Swin, the rest from a donor PDFNet under reference names."""
+    from test_model_refswin import PlainSwin
+
+    spec = PRESETS["tiny"][0]
+    torch.manual_seed(seed)
+    plain = PlainSwin(spec).eval()
+    ref = {f"encoder.{k}": v.clone() for k, v in plain.state_dict().items()}
+    w = spec.window_size
+    pos = [(y, x) for y in range(w) for x in range(w)]
+    rel = torch.tensor([[(ya - yb + w - 1) * (2 * w - 1) + (xa - xb + w - 1) for yb, xb in pos] for ya, xa in pos])
+    for i, depth in enumerate(spec.depths):
+        for j in range(depth):
+            ref[f"encoder.layers.{i}.blocks.{j}.attn.relative_position_index"] = rel
+    donor = tiny_model(seed + 1)
+    for k, v in donor.state_dict().items():
+        if not k.startswith("encoder."):
+            ref[k.removeprefix("adapters.")] = v.clone()
+    sobel = torch.tensor([[[[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]]])
+    ref["IntegrityPriorLoss.sobel_x.weight"] = sobel
+    ref["IntegrityPriorLoss.sobel_y.weight"] = sobel.transpose(-1, -2).contiguous()
+    return ref, donor
+
+
+def test_init_from_a_converted_reference_checkpoint(tmp_path, store):
+    ref, donor = _reference_layout_state()
+    torch.save({"model": ref}, tmp_path / "release.pth")  # wrapped, as released checkpoints often are
+    stats = convert_reference(tmp_path / "release.pth", tmp_path / "release.safetensors", TINY)
+    converted = load_file(str(tmp_path / "release.safetensors"))
+    cfg = toy_cfg(tmp_path, [store], name="ft", init_from=str(tmp_path / "release.safetensors"))
+    got = weights_at_first_forward(cfg, tiny_model(7))
+    assert_same_state(got, converted)
+    assert stats["tensors"] == len(got)
+    # the reference file's own tensors, outside the encoder by name, in the encoder e.g. the patch embedding
+    for k, v in donor.state_dict().items():
+        if not k.startswith("encoder."):
+            assert torch.equal(got[k], v), k
+    assert torch.equal(got["encoder.swin.patch_embed.proj.weight"], ref["encoder.patch_embed.proj.weight"])
+    assert_same_state(got, load_model(tmp_path / "release.safetensors").state_dict())
+
+
+# ---- run directory safety (ToyNet: only the loop's bookkeeping matters) ----
+
+def _hashes(run_dir: Path) -> dict:
+    return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(run_dir.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture()
+def stores5(tmp_path):
+    return (random_store(tmp_path / "tr5.zarr", n=5, size=32, seed=1),
+            random_store(tmp_path / "vd5.zarr", n=3, size=32, seed=2, prefix="v"))
+
+
+def test_fresh_run_refuses_a_run_dir_with_checkpoints(tmp_path, stores5):
+    tr, vd = stores5
+    train(toy_cfg(tmp_path, [tr], [vd], name="run"), model=toy())  # 2 epochs x 5 steps, val -> best
+    run = tmp_path / "run"
+    before = _hashes(run)
+    assert run / "best.safetensors" in before and run / "checkpoints" / "latest.json" in before
+    with pytest.raises(ckpt.RunDirInUseError) as err:
+        train(toy_cfg(tmp_path, [tr], [vd], name="run"), model=toy(seed=1))
+    msg = str(err.value)
+    assert str(run) in msg and "step_00000010" in msg and "best.safetensors" in msg
+    assert "resume=true" in msg and "another run_dir" in msg and "overwrite=true" in msg
+    assert _hashes(run) == before  # nothing written, not even config.json / metrics.jsonl
+    # resume=true without a latest pointer is no way around it either
+    (run / "checkpoints" / "latest.json").rename(run / "latest.json.away")
+    with pytest.raises(ckpt.RunDirInUseError, match="latest.json is missing"):
+        train(toy_cfg(tmp_path, [tr], [vd], name="run", resume=True), model=toy())
+    (run / "latest.json.away").rename(run / "checkpoints" / "latest.json")
+    assert _hashes(run) == before
+
+
+def test_overwrite_true_starts_clean(tmp_path, stores5):
+    tr, vd = stores5
+    train(toy_cfg(tmp_path, [tr], [vd], name="run"), model=toy(seed=3))
+    assert (tmp_path / "run" / "samples" / "epoch_001").is_dir()
+    # new run in the same dir: 1 epoch, no validation -> the old step 10, best and images must go
+    again = train(toy_cfg(tmp_path, [tr], name="run", epochs=1, overwrite=True), model=toy())
+    clean = train(toy_cfg(tmp_path, [tr], name="clean", epochs=1), model=toy())
+    assert again.losses == clean.losses and len(again.losses) == 5
+    run = tmp_path / "run"
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest.json", "step_00000005"]
+    assert not (run / "best.safetensors").exists() and not (run / "samples").exists()
+    wa, wc = weights(run), weights(tmp_path / "clean")
+    assert all(torch.equal(wa[k], wc[k]) for k in wc)
+    assert [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4, 5, 5]
