@@ -17,7 +17,7 @@ from pdfnet_pipeline.train.loop import NonFiniteError, train
 from pdfnet_pipeline.train.optim import OptimConfig
 from pdfnet_pipeline.train.stage import Config
 
-from train_fixtures import DEPTHS, ToyNet, random_store, write_store
+from train_fixtures import DEPTHS, ToyNet, ToyOutput, random_store, write_store
 
 
 def toy_cfg(tmp: Path, train_stores, val_stores=(), **kw) -> Config:
@@ -115,3 +115,63 @@ def test_bf16_autocast_path_trains_on_cpu(tmp_path, stores):
     b16 = train(toy_cfg(tmp_path, [stores[0]], name="b16", epochs=1, precision="bf16"), model=toy())
     assert all(np.isfinite(b16.losses)) and b16.losses != f32.losses  # autocast really ran in bf16
     np.testing.assert_allclose(b16.losses, f32.losses, rtol=0.05)
+
+
+class GradBomb(ToyNet):
+    """ToyNet whose loss stays finite but whose gradients are NaN for a sample with an all-zero depth
+    input: + 0.01 * sqrt(sigmoid(bias) * flag) is 0 there, sqrt's derivative at 0 is inf, x 0 = NaN."""
+
+    def forward(self, image, depth, mask=None, depth_target=None):
+        out = super().forward(image, depth, mask, depth_target)
+        flag = (depth.flatten(1).amax(1) > 0).float().view(-1, 1)
+        bomb = torch.sqrt(torch.sigmoid(self.conv2.bias).view(1, -1) * flag).mean()
+        return ToyOutput({"total": out.losses["total"] + 0.01 * bomb})
+
+
+@pytest.mark.parametrize("accum", [1, 2])
+def test_nonfinite_gradients_with_finite_loss_stop_naming_step_and_samples(tmp_path, accum):
+    rng = np.random.default_rng(0)
+    n, s = 4, 32
+    images = rng.integers(0, 256, (n, s, s, 3), dtype=np.uint8)
+    masks = rng.integers(0, 256, (n, s, s), dtype=np.uint8)
+    depths = {k: (0.1 + rng.random((n, s, s))).astype(np.float16) for k in DEPTHS}
+    order = [i for _, i in iter(EpochSampler(n, shuffle=True, seed=0))]
+    bad = order[2]  # the third sample of epoch 0
+    for k in ("small", "base", "large"):
+        depths[k][bad] = 0.0  # stays 0 under any warp; the loss stays finite
+    path = write_store(tmp_path / "g.zarr", images, masks, depths, [f"id{i}" for i in range(n)])
+    good_steps = 2 // accum  # steps before the window holding `bad`
+    first = train(toy_cfg(tmp_path, [path], max_steps=good_steps, accum_steps=accum), model=GradBomb())
+    assert len(first.losses) == good_steps and all(np.isfinite(first.losses))
+    ckdir = tmp_path / "run" / "checkpoints"
+    before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in ckdir.rglob("*") if p.is_file()}
+    window = [f"id{i}" for i in order[2 // accum * accum: 2 // accum * accum + accum]]
+    assert f"id{bad}" in window
+    with pytest.raises(NonFiniteError) as err:
+        train(toy_cfg(tmp_path, [path], resume=True, accum_steps=accum), model=GradBomb())
+    msg = str(err.value)
+    assert f"non-finite gradients at optimizer step {good_steps + 1} (epoch 0)" in msg, msg
+    assert f"samples {window}" in msg, msg
+    after = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in ckdir.rglob("*") if p.is_file()}
+    assert after == before and len(before) == 5  # latest.json + model / optimizer / rng / state
+    assert json.loads((ckdir / "latest.json").read_text())["step"] == good_steps
+    steps = [json.loads(x)["step"] for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, good_steps + 1))  # no line for the refused step
+
+
+def test_max_steps_at_an_epochs_end_then_resume_matches_the_uninterrupted_log(tmp_path, stores):
+    """Stopping on an epoch's last step closes that epoch (train_loss, validation, save) first, so the
+    resumed run's metrics.jsonl equals the uninterrupted one apart from timings."""
+    full = train(toy_cfg(tmp_path, *[[s] for s in stores], name="full"), model=toy(0.3))
+    part = train(toy_cfg(tmp_path, *[[s] for s in stores], name="cut", max_steps=5), model=toy(0.3))
+    assert (part.state.step, part.state.epoch, part.state.position) == (5, 1, 0) and len(part.val) == 1
+    rest = train(toy_cfg(tmp_path, *[[s] for s in stores], name="cut", resume=True), model=toy(0.3, seed=9))
+    assert part.losses + rest.losses == full.losses and part.val + rest.val == full.val
+
+    def records(run):
+        timing = {"time", "seconds", "samples_per_s"}
+        return [{k: v for k, v in json.loads(x).items() if k not in timing}
+                for x in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+
+    assert records("cut") == records("full") and len(records("full")) == 12  # 2 x (5 steps + epoch)
+    assert "train_loss" in records("cut")[5] and "val_max_f" in records("cut")[5]
