@@ -214,9 +214,14 @@ def save_checkpoint(
     (tmp / "state.json").write_text(json.dumps(doc, indent=1))
     for f in tmp.iterdir():
         _fsync(f)
-    if final.exists():  # same step saved again (e.g. end of epoch right after a periodic save)
-        shutil.rmtree(final)
+    old = None
+    if final.exists():  # same step saved again: move the old copy aside, never delete it first,
+        old = ckpt_dir / f".{name}.old-{os.getpid()}"  # so a crash leaves one complete folder
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(final, old)
     os.rename(tmp, final)
+    if old is not None:
+        shutil.rmtree(old)
     _write_json(ckpt_dir / "latest.json", {"dir": name, "step": state.step, "epoch": state.epoch})
     _prune(ckpt_dir, keep)
     return final
