@@ -94,7 +94,7 @@ def test_loader_output_does_not_depend_on_worker_count(stores):
     def batches(workers):
         sampler = EpochSampler(len(ds), shuffle=True, seed=9)
         sampler.set_epoch(1)
-        loader = make_loader(ds, sampler, DataConfig(workers=workers, start_method="fork"), batch_size=2)
+        loader = make_loader(ds, sampler, DataConfig(workers=workers, start_method="forkserver"), batch_size=2)
         return [(b["id"], b["image"], b["depth"], b["mask"]) for b in loader]
 
     zero, two = batches(0), batches(2)

@@ -38,9 +38,11 @@ class DataConfig:
     val_stores: list[Path] = field(default_factory=lambda: [Path("stores/DIS-VD.zarr")])
     depth_inputs: list[str] = field(default_factory=lambda: list(DEPTH_INPUTS))  # drawn 1/len each
     workers: int = 4
-    # fork is cheapest for local stores; forkserver / spawn for remote stores whose clients
-    # (fsspec, threads) do not survive a fork.
-    start_method: Literal["fork", "forkserver", "spawn"] = "fork"
+    # forkserver: workers start from a clean process. A plain fork copies the parent's thread
+    # pools (OpenCV's, zarr's event loop) without their threads, and the first use in the child
+    # can hang forever (seen: cv2.setNumThreads in a worker after the parent ran cv2). fork is
+    # faster to start and fine in a fresh process that has not used cv2 yet.
+    start_method: Literal["fork", "forkserver", "spawn"] = "forkserver"
     prefetch_factor: int = 2
     augment: aug.AugmentConfig = field(default_factory=aug.AugmentConfig)
 
@@ -195,6 +197,7 @@ def make_loader(
         num_workers=workers,
         multiprocessing_context=cfg.start_method if workers > 0 else None,
         prefetch_factor=cfg.prefetch_factor if workers > 0 else None,
+        persistent_workers=workers > 0,  # start the worker processes once per run, not per epoch
         worker_init_fn=_worker_init if workers > 0 else None,
         pin_memory=pin_memory,
         # Own generator: building an iterator must not consume the global torch RNG (exact resume).
