@@ -16,7 +16,7 @@ from pdfnet_pipeline.train import checkpoint as ckpt
 from pdfnet_pipeline.train.optim import OptimConfig, build_optimizer, lr_at, param_groups
 from pdfnet_pipeline.train.validate import ValScores, fmeasure_mae
 
-FIXTURE = Path("/work/shared/data/pysodmetrics_fixture")
+FIXTURE = Path(__file__).parent / "data" / "pysodmetrics_fixture"  # copied from ../shared (MIT)
 
 
 def test_lr_constant_paper_default_and_warmup_cosine():
