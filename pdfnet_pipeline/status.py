@@ -34,17 +34,25 @@ def _last_json_line(path: Path) -> dict | None:
     return json.loads(lines[-1]) if lines else None
 
 
+def _json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def run_lines(runs: Path) -> list[str]:
     dirs = sorted(p for p in runs.iterdir() if p.is_dir()) if runs.is_dir() else []
     if not dirs:
         return [f"runs: none in {runs}"]
     lines = [f"runs in {runs}:"]
     for run in dirs:
-        ckpts = sorted(p.name for p in run.glob("*.safetensors"))
         last = _last_json_line(run / "metrics.jsonl")
         where = f"step {last.get('step')}, epoch {last.get('epoch')}" if last else "no metrics yet"
-        evaluated = " · evaluated" if (run / "eval" / "results.md").is_file() else ""
-        lines.append(f"  {run.name}: {where}; checkpoints: {', '.join(ckpts) or 'none'}{evaluated}")
+        latest = _json(run / "checkpoints" / "latest.json")
+        best = _json(run / "checkpoints" / "best.json")
+        ckpt = f"latest checkpoint {latest['dir']}" if latest else "no checkpoint"
+        scores = ", ".join(f"{k} {v:.4f}" for k, v in (best or {}).items() if isinstance(v, float))
+        best_txt = f"; best {best['dir']} ({scores})" if best else ""
+        evaluated = "; evaluated" if (run / "eval" / "results.md").is_file() else ""
+        lines.append(f"  {run.name}: {where}; {ckpt}{best_txt}{evaluated}")
     return lines
 
 
