@@ -19,8 +19,8 @@ PROFILE ?= smoke
 RUN     ?= $(PROFILE)
 SET     ?=
 MANIFEST ?= data_manifests/$(notdir $(abspath $(DATA))).jsonl
-# A dataset other than DIS-5K itself (the sample, a custom set) does not match the official lists.
-MANIFEST_FLAGS ?= $(if $(filter $(SAMPLE),$(DATA)),--allow-mismatch,)
+# e.g. --allow-mismatch for a DIS-5K copy that differs from the official lists on purpose
+MANIFEST_FLAGS ?=
 
 DEPTH_DONE = $(STORES)/.depth-$(PROFILE).done
 TRAIN_DONE = $(RUNS)/$(RUN)/.train.done

@@ -65,14 +65,28 @@ def _copy(sample_root, tmp_path):
     return root
 
 
-def test_cli_manifest_ok_and_official_mismatch_stops(sample_root, tmp_path):
+def test_cli_custom_split_passes_but_a_partial_dis5k_copy_stops(sample_root, tmp_path):
     out = tmp_path / "m.jsonl"
+    # The generated sample holds none of the official names: a custom dataset, accepted.
     res = runner.invoke(app, ["data", "manifest", str(sample_root), "--out", str(out)])
-    assert res.exit_code == 1 and not out.exists()
-    assert "DIS-VD: 470 missing, 1 extra" in res.output
-    res = runner.invoke(app, ["data", "manifest", str(sample_root), "--out", str(out), "--allow-mismatch"])
     assert res.exit_code == 0, res.output
+    assert "DIS-VD: none of the 470 official names: checked as a custom split" in res.output
     assert len(read_manifest(out).entries) == 8
+    # One official name present: it looks like a DIS-5K copy with 469 files missing -> stop.
+    root = _copy(sample_root, tmp_path)
+    official = sorted(official_names("DIS-VD"))[0]
+    for sub, ext in (("im", ".jpg"), ("gt", ".png")):
+        src = next((root / "DIS-VD" / sub).glob(f"*{ext}"))
+        src.rename(root / "DIS-VD" / sub / f"{official}{ext}")
+    out2 = tmp_path / "m2.jsonl"
+    res = runner.invoke(app, ["data", "manifest", str(root), "--out", str(out2)])
+    assert res.exit_code == 1 and not out2.exists()
+    assert "DIS-VD: 469 missing, 0 extra" in res.output
+    assert f"DIS-VD: missing official sample {sorted(official_names('DIS-VD'))[1]}" in res.output
+    full = (tmp_path / "m2.jsonl.mismatches.txt").read_text().splitlines()
+    assert len(full) == 469
+    res = runner.invoke(app, ["data", "manifest", str(root), "--out", str(out2), "--allow-mismatch"])
+    assert res.exit_code == 0 and len(read_manifest(out2).entries) == 8
 
 
 def test_cli_corrupt_image_named_and_nothing_lost(sample_root, tmp_path):

@@ -28,6 +28,8 @@ def _manifest(
     for problem in result.problems:
         typer.echo(f"bad input: {problem}", err=True)
     _report_mismatches(result.mismatches, out)
+    for note in result.notes:
+        typer.echo(f"official list: {note}", err=True)
     stop = (result.problems and not skip_bad) or (result.mismatches and not allow_mismatch)
     if stop:
         hints = []

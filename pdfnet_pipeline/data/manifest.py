@@ -115,10 +115,18 @@ def official_names(split: str, official_dir: Path = OFFICIAL_DIR) -> set[str] | 
     return {line.strip() for line in path.read_text().splitlines() if line.strip()}
 
 
-def check_official(split: str, stems: set[str], official_dir: Path = OFFICIAL_DIR) -> list[str]:
-    """Missing / extra names of a split against the official list (empty when it matches)."""
+def is_custom_split(split: str, stems: set[str], official_dir: Path = OFFICIAL_DIR) -> bool:
+    """A folder named like an official split that holds none of its official names is a custom
+    dataset in the DIS-5K layout (e.g. the generated sample), not a damaged DIS-5K copy."""
     names = official_names(split, official_dir)
-    if names is None:
+    return names is not None and bool(stems) and not (names & stems)
+
+
+def check_official(split: str, stems: set[str], official_dir: Path = OFFICIAL_DIR) -> list[str]:
+    """Missing / extra names of a split against the official list (empty when it matches, when
+    there is no official list, or for a custom split: see `is_custom_split`)."""
+    names = official_names(split, official_dir)
+    if names is None or is_custom_split(split, stems, official_dir):
         return []
     out = [f"{split}: missing official sample {n}" for n in sorted(names - stems)]
     out += [f"{split}: extra sample {n} (not in the official list)" for n in sorted(stems - names)]
@@ -160,6 +168,7 @@ class ScanResult:
     manifest: Manifest
     problems: list[Problem]  # bad or unpaired files: excluded from the manifest
     mismatches: list[str]  # differences to the official lists
+    notes: list[str] = field(default_factory=list)  # e.g. splits taken as custom datasets
 
 
 def scan(
@@ -180,12 +189,14 @@ def scan(
         raise ManifestError(
             f"{root}: no split folders with im/ + gt/ (or images/ + masks/) found"
         )
-    jobs, problems, mismatches = [], [], []
+    jobs, problems, mismatches, notes = [], [], [], []
     for split in splits:
         pairs, split_problems = _pair_split(root, split)
         problems += split_problems
         stems = {s for s, _, _ in pairs} | {p.path.stem for p in split_problems if p.path.is_file()}
         mismatches += check_official(split, stems, official_dir)
+        if is_custom_split(split, stems, official_dir):
+            notes.append(f"{split}: none of the {len(official_names(split, official_dir))} official names: checked as a custom split")
         jobs += [(split, s, root, im, gt, max_pixels) for s, im, gt in pairs]
     workers = workers or min(8, os.cpu_count() or 1)
     bar = dict(total=len(jobs), desc="verify", unit="img", disable=not progress)
@@ -196,7 +207,7 @@ def scan(
         results = [_verify(j) for j in tqdm(jobs, **bar)]
     entries = [r for r in results if isinstance(r, ManifestEntry)]
     problems += [r for r in results if isinstance(r, Problem)]
-    return ScanResult(Manifest(root, entries), problems, mismatches)
+    return ScanResult(Manifest(root, entries), problems, mismatches, notes)
 
 
 def write_manifest(manifest: Manifest, path: Path) -> None:
