@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from pdfnet_pipeline.model import PDFNetConfig, build_pdfnet
 from pdfnet_pipeline.model.checkpoint import CheckpointError, convert_reference, load_model, save_model
 from pdfnet_pipeline.model.pdfnet import PRESETS
-from test_model_refswin import PlainSwin
+from test_model_refswin import PlainSwin, reference_layout_state
 
 TINY = PRESETS["tiny"][0]
 
@@ -45,27 +45,13 @@ REFERENCE_KEYS = [
 ]
 
 
-def _rel_index(w):
-    pos = [(y, x) for y in range(w) for x in range(w)]
-    return torch.tensor([[(ya - yb + w - 1) * (2 * w - 1) + (xa - xb + w - 1) for yb, xb in pos] for ya, xa in pos])
-
-
 @pytest.fixture(scope="module")
 def reference_pth(tmp_path_factory):
     """A reference-layout checkpoint for the tiny preset: Swin from PlainSwin, the rest random."""
     torch.manual_seed(0)
     plain = PlainSwin(TINY).eval()
-    ref = {f"encoder.{k}": v for k, v in plain.state_dict().items()}
-    for i, depth in enumerate(TINY.depths):
-        for j in range(depth):
-            ref[f"encoder.layers.{i}.blocks.{j}.attn.relative_position_index"] = _rel_index(TINY.window_size)
     donor = build_pdfnet(PDFNetConfig(preset="tiny"))
-    for k, v in donor.state_dict().items():
-        if not k.startswith("encoder."):
-            ref[k.removeprefix("adapters.")] = v.clone()
-    sobel = torch.tensor([[[[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]]])
-    ref["IntegrityPriorLoss.sobel_x.weight"] = sobel
-    ref["IntegrityPriorLoss.sobel_y.weight"] = sobel.transpose(-1, -2).contiguous()
+    ref = reference_layout_state(plain, TINY, donor)
     path = tmp_path_factory.mktemp("ref") / "ref.pth"
     torch.save(ref, path)
     return path, ref, plain, donor

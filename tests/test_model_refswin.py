@@ -182,3 +182,24 @@ def test_window_is_never_clamped():
         for i, blk in enumerate(stage.blocks):
             assert blk.window_size == (12, 12)
             assert blk.shift_size == ((6, 6) if i % 2 else (0, 0))
+
+
+def relative_position_index(w: int) -> torch.Tensor:
+    pos = [(y, x) for y in range(w) for x in range(w)]
+    return torch.tensor([[(ya - yb + w - 1) * (2 * w - 1) + (xa - xb + w - 1) for yb, xb in pos] for ya, xa in pos])
+
+
+def reference_layout_state(plain: "PlainSwin", spec: SwinSpec, donor: nn.Module) -> dict[str, torch.Tensor]:
+    """A state dict in the released checkpoint's key layout: the Swin from `plain` (with the fixed
+    buffers the reference stores), every other module from the PDFNet `donor` under reference names."""
+    ref = {f"encoder.{k}": v.clone() for k, v in plain.state_dict().items()}
+    for i, depth in enumerate(spec.depths):
+        for j in range(depth):
+            ref[f"encoder.layers.{i}.blocks.{j}.attn.relative_position_index"] = relative_position_index(spec.window_size)
+    for k, v in donor.state_dict().items():
+        if not k.startswith("encoder."):
+            ref[k.removeprefix("adapters.")] = v.clone()
+    sobel = torch.tensor([[[[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]]])
+    ref["IntegrityPriorLoss.sobel_x.weight"] = sobel
+    ref["IntegrityPriorLoss.sobel_y.weight"] = sobel.transpose(-1, -2).contiguous()
+    return ref

@@ -114,25 +114,13 @@ def test_init_from_another_architecture_fails_naming_the_difference(tmp_path, st
 def _reference_layout_state(seed: int = 0) -> tuple[dict[str, torch.Tensor], torch.nn.Module]:
     """A tiny checkpoint in the reference's key layout (as tests/test_model_checkpoint.py builds it):
     Swin from the plain reference-style Swin, the rest from a donor PDFNet under reference names."""
-    from test_model_refswin import PlainSwin
+    from test_model_refswin import PlainSwin, reference_layout_state
 
     spec = PRESETS["tiny"][0]
     torch.manual_seed(seed)
     plain = PlainSwin(spec).eval()
-    ref = {f"encoder.{k}": v.clone() for k, v in plain.state_dict().items()}
-    w = spec.window_size
-    pos = [(y, x) for y in range(w) for x in range(w)]
-    rel = torch.tensor([[(ya - yb + w - 1) * (2 * w - 1) + (xa - xb + w - 1) for yb, xb in pos] for ya, xa in pos])
-    for i, depth in enumerate(spec.depths):
-        for j in range(depth):
-            ref[f"encoder.layers.{i}.blocks.{j}.attn.relative_position_index"] = rel
     donor = tiny_model(seed + 1)
-    for k, v in donor.state_dict().items():
-        if not k.startswith("encoder."):
-            ref[k.removeprefix("adapters.")] = v.clone()
-    sobel = torch.tensor([[[[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]]])
-    ref["IntegrityPriorLoss.sobel_x.weight"] = sobel
-    ref["IntegrityPriorLoss.sobel_y.weight"] = sobel.transpose(-1, -2).contiguous()
+    ref = reference_layout_state(plain, spec, donor)
     return ref, donor
 
 
