@@ -141,8 +141,15 @@ def _register_commands() -> None:
 _register_commands()
 
 
-def main() -> None:  # pragma: no cover - console entry
-    sys.exit(app())
+def main() -> None:
+    """Console entry: user errors (bad input, settings, files) print one line, not a traceback."""
+    from pdfnet_pipeline.errors import UserError
+
+    try:
+        app()
+    except UserError as err:
+        typer.echo(f"error: {err}", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":  # torchrun -m pdfnet_pipeline.cli ...

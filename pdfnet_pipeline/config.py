@@ -15,12 +15,14 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
+from pdfnet_pipeline.errors import UserError
+
 T = TypeVar("T")
 
 STAGES_DIR = Path(__file__).resolve().parent.parent / "stages"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A stage file, profile or override that cannot be turned into the stage's config."""
 
 

@@ -25,11 +25,13 @@ from typing import Iterator
 
 import numpy as np
 
+from pdfnet_pipeline.errors import UserError
+
 SCHEMA_VERSION = 1
 DEPTH_MAPS = ("small", "base", "large", "large_1024")
 
 
-class StoreError(ValueError):
+class StoreError(UserError, ValueError):
     """A store that cannot be used for what was asked; the message says why and what to do."""
 
 

@@ -81,5 +81,7 @@ def test_eval_refuses_a_store_from_another_manifest(built, tmp_path):
     entry["mask_sha256"] = "0" * 64  # a changed GT file
     other.write_text("\n".join([lines[0], json.dumps(entry), *lines[2:]]) + "\n")
     stage, cfg = _eval_cfg(root, other, ckpt)
-    with pytest.raises(SystemExit, match="built from another manifest"):
+    from pdfnet_pipeline.store import StoreError
+
+    with pytest.raises(StoreError, match="built from another manifest"):
         stage.run(cfg)

@@ -19,11 +19,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from pdfnet_pipeline.errors import UserError
+
 # DIS-5K's largest images are ~ 6000 x 9000 (54 MP); 200 MP leaves room and stops bombs.
 DEFAULT_MAX_PIXELS = 200_000_000
 
 
-class BadInputError(ValueError):
+class BadInputError(UserError, ValueError):
     """An input file that cannot be used; `str()` is one line starting with the path."""
 
     def __init__(self, path: Path | str, reason: str):

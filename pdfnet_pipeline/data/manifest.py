@@ -18,6 +18,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from pdfnet_pipeline.data.images import DEFAULT_MAX_PIXELS, BadInputError, load_pair
+from pdfnet_pipeline.errors import UserError
 
 FORMAT = "pdfnet-manifest"
 VERSION = 1
@@ -29,7 +30,7 @@ MASK_EXTS = {".png", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg"}
 OFFICIAL_DIR = Path(__file__).resolve().parents[2] / "data_manifests" / "official"
 
 
-class ManifestError(ValueError):
+class ManifestError(UserError, ValueError):
     """The dataset on disk does not match what was asked; the message lists every problem."""
 
 

@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from pdfnet_pipeline.errors import UserError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 PATCH = 14
@@ -54,7 +56,7 @@ ARCHS: dict[str, DamArch] = {
 }
 
 
-class DamWeightsError(RuntimeError):
+class DamWeightsError(UserError, RuntimeError):
     """DAM v2 weights that cannot be found or do not match the requested architecture."""
 
 

@@ -24,6 +24,7 @@ import numpy as np
 
 from pdfnet_pipeline import store
 from pdfnet_pipeline.depth import dam
+from pdfnet_pipeline.errors import UserError
 
 MODEL_MAPS = ("small", "base", "large")  # 518 input, one model each
 SUPERVISION = "large_1024"  # the large model at the 1024 rule's input side (1036)
@@ -65,7 +66,7 @@ class Config:
     progress: bool = True
 
 
-class DepthStageError(RuntimeError):
+class DepthStageError(UserError, RuntimeError):
     """A bad input (on_error=stop), a non-finite map, or a refused store."""
 
 

@@ -22,6 +22,8 @@ from pdfnet_pipeline.data.images import load_mask
 from pdfnet_pipeline.data.manifest import DIS_SPLITS, read_manifest
 from pdfnet_pipeline.eval.report import SheetRow, contact_sheet, plot_curves, write_tables
 from pdfnet_pipeline.eval.tta import predict_logits, to_native_uint8
+from pdfnet_pipeline.model.checkpoint import CheckpointError
+from pdfnet_pipeline.store import StoreError
 
 TEST_SPLITS = ("DIS-TE1", "DIS-TE2", "DIS-TE3", "DIS-TE4")
 ALL_TE = "DIS-TE (all)"
@@ -62,7 +64,7 @@ def find_checkpoint(run_dir: Path) -> Path:
             return run_dir / name
     found = sorted(run_dir.glob("**/*.safetensors"))
     if not found:
-        raise FileNotFoundError(f"{run_dir}: no checkpoint (train first, or pass --set checkpoint=...)")
+        raise CheckpointError(f"{run_dir}: no checkpoint (train first, or pass --set checkpoint=...)")
     return found[-1]
 
 
@@ -122,7 +124,7 @@ def run(cfg: Config) -> dict:
     for split, path in stores.items():
         recorded = dict(open_read(path).attrs).get("manifest_sha256")
         if recorded != manifest.split_hash(split):
-            raise SystemExit(f"error: {path} was built from another manifest than {cfg.manifest} ({split})")
+            raise StoreError(f"{path} was built from another manifest than {cfg.manifest} ({split}): rebuild it or use that manifest")
     reasons = random_weight_reasons(list(stores.values()), cfg.run_dir)
     label = ("RANDOM-WEIGHT RUN: " + "; ".join(reasons) + " - these numbers measure nothing") if reasons else None
     if label:

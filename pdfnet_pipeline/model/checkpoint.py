@@ -17,12 +17,13 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from pdfnet_pipeline.errors import UserError
 from pdfnet_pipeline.model.pdfnet import PDFNet, PDFNetConfig
 
 FORMAT = "pdfnet-pipeline-model"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint that does not fit the model; the message lists every offending key."""
 
 

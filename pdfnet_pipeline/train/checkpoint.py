@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from pdfnet_pipeline.errors import UserError
+
 STATE_VERSION = 1
 # Model-config keys that do not change the architecture (the weights fit either way).
 NON_ARCH_KEYS = frozenset(
@@ -34,11 +36,11 @@ NON_ARCH_KEYS = frozenset(
 )
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint that cannot be resumed (missing, other architecture, other format)."""
 
 
-class RunDirInUseError(FileExistsError):
+class RunDirInUseError(UserError, FileExistsError):
     """A fresh run (resume=false) aimed at a run directory that already holds checkpoints."""
 
 

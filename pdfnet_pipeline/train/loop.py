@@ -28,6 +28,7 @@ from PIL import Image
 
 from pdfnet_pipeline import config as cfgmod
 from pdfnet_pipeline.data.dataset import EpochSampler, ShardSampler, StoreDataset, make_loader, to_device
+from pdfnet_pipeline.errors import UserError
 from pdfnet_pipeline.train import checkpoint as ckpt
 from pdfnet_pipeline.train import ddp
 from pdfnet_pipeline.train.optim import build_optimizer, lr_at, set_lr
@@ -35,7 +36,7 @@ from pdfnet_pipeline.train.stage import Config
 from pdfnet_pipeline.train.validate import ValScores, to_u8
 
 
-class NonFiniteError(FloatingPointError):
+class NonFiniteError(UserError, FloatingPointError):
     """NaN / inf in the loss or the gradients: training stops, the last checkpoint stays as it was."""
 
 
