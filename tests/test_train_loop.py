@@ -13,6 +13,7 @@ import torch
 from pdfnet_pipeline import config as cfgmod
 from pdfnet_pipeline.data.dataset import DataConfig, EpochSampler
 from pdfnet_pipeline.model import PDFNetConfig
+from pdfnet_pipeline.train import checkpoint as ckpt
 from pdfnet_pipeline.train.loop import NonFiniteError, train
 from pdfnet_pipeline.train.optim import OptimConfig
 from pdfnet_pipeline.train.stage import Config
@@ -52,6 +53,9 @@ def test_resume_continues_bit_exactly(tmp_path, stores):
     assert len(full.losses) == 6
     part = train(toy_cfg(tmp_path, *[[s] for s in stores], name="cut", max_steps=4, **kw), model=toy(0.3))
     assert part.state.step == 4 and part.state.epoch == 1 and part.state.position == 2
+    # mid-epoch, the position only means the same samples with the same accumulation / batch / world
+    with pytest.raises(ckpt.CheckpointError, match=r"cannot resume mid-epoch.*'accum_steps': \(2, 1\)"):
+        train(toy_cfg(tmp_path, *[[s] for s in stores], name="cut", resume=True, **dict(kw, accum_steps=1)), model=toy(0.3))
     rest = train(toy_cfg(tmp_path, *[[s] for s in stores], name="cut", resume=True, **kw), model=toy(0.3, seed=99))
     assert part.losses + rest.losses == full.losses  # bit-exact floats
     assert rest.val == full.val[1:]

@@ -151,3 +151,30 @@ def test_precision_rules():
     assert precision(torch.device("cuda"), "bf16") == (torch.bfloat16, False)
     with pytest.raises(ValueError, match="fp16 needs CUDA"):
         precision(cpu, "fp16")
+
+
+def test_resume_keeps_channels_last_moments_aligned_with_fused_adamw(tmp_path):
+    """Saved moments come back contiguous; with a channels-last weight the fused kernel would pair
+    each weight with another element's moments unless the layout is restored on load."""
+
+    def make():
+        torch.manual_seed(0)
+        m = torch.nn.Conv2d(3, 4, 3).to(memory_format=torch.channels_last)
+        return m, torch.optim.AdamW(m.parameters(), lr=0.1, fused=True)
+
+    def step(m, opt, seed):
+        torch.manual_seed(seed)
+        x = torch.randn(2, 3, 8, 8).to(memory_format=torch.channels_last)
+        m(x).square().mean().backward()
+        opt.step()
+        opt.zero_grad()
+
+    a, opt_a = make()
+    step(a, opt_a, 1)
+    ckpt.save_checkpoint(tmp_path, a, opt_a, None, ckpt.TrainState(step=1), config={}, model_config={}, keep=1)
+    step(a, opt_a, 2)
+    b, opt_b = make()
+    ckpt.load_checkpoint(tmp_path, b, opt_b, None, model_config={}, restore_rng=False)
+    assert opt_b.state[b.weight]["exp_avg"].stride() == b.weight.stride()
+    step(b, opt_b, 2)
+    torch.testing.assert_close(b.weight, a.weight, rtol=0, atol=0)

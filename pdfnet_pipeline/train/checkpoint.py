@@ -266,6 +266,18 @@ def resolve(path: Path, which: str = "latest") -> Path:
     raise CheckpointError(f"no {which} checkpoint under {path}")
 
 
+def match_param_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Give each per-parameter state tensor (Adam moments) its parameter's memory layout.
+
+    Saved tensors come back contiguous; a channels-last parameter then pairs with an NCHW moment.
+    The fused / foreach kernels walk memory flat, so they would update each weight with another
+    element's moments, silently. `empty_like(p)` keeps p's strides."""
+    for p, st in optimizer.state.items():
+        for k, v in st.items():
+            if torch.is_tensor(v) and v.shape == p.shape and v.stride() != p.stride():
+                st[k] = torch.empty_like(p, dtype=v.dtype).copy_(v)
+
+
 def load_checkpoint(
     path: Path,
     model: torch.nn.Module,
@@ -287,6 +299,7 @@ def load_checkpoint(
     load_weights(model, path / "model.safetensors")
     if optimizer is not None:
         optimizer.load_state_dict(_optimizer_join(load_file(str(path / "optimizer.safetensors")), doc["optimizer"]))
+        match_param_layout(optimizer)
     if scaler is not None and scaler.is_enabled() and doc["scaler"]:
         scaler.load_state_dict(doc["scaler"])
     if restore_rng:

@@ -160,6 +160,7 @@ class Trainer:
 
     def save(self) -> Path | None:
         rng = ddp.gather_objects(ckpt.torch_rng_state(), self.d)
+        self.state.extra["world"] = self.d.world  # a mid-epoch resume must use the same world size
         path = None
         if self.d.main:
             path = ckpt.save_checkpoint(
@@ -283,6 +284,23 @@ def check_run_dir(cfg: Config) -> list[Path]:
     return old
 
 
+def check_mid_epoch_resume(state: ckpt.TrainState, saved: dict, cfg: Config, world: int) -> None:
+    """The position in an epoch counts micro-batches per rank: it only means the same samples
+    with the same batch size, accumulation and world size. At an epoch boundary anything goes."""
+    if state.position == 0:
+        return
+    was = {"batch_size": saved.get("batch_size"), "accum_steps": saved.get("accum_steps"),
+           "world size": state.extra.get("world", 1)}  # fmt: skip
+    now = {"batch_size": cfg.batch_size, "accum_steps": cfg.accum_steps, "world size": world}
+    changed = {k: (was[k], now[k]) for k in now if was[k] != now[k]}
+    if changed:
+        raise ckpt.CheckpointError(
+            f"cannot resume mid-epoch (epoch {state.epoch}, micro-batch {state.position}) with changed "
+            f"{changed} (saved, now): the position would point at other samples. Resume with the saved "
+            f"settings, or from a checkpoint at an epoch end"
+        )
+
+
 def _clear_run_dir(run_dir: Path, old: list[Path]) -> None:
     """overwrite=true: the previous run's checkpoints, best model and sample images go."""
     for p in old:
@@ -307,7 +325,8 @@ def _setup(cfg: Config, d: ddp.Dist, model: torch.nn.Module | None) -> Trainer:
     ckpt_dir = cfg.run_dir / "checkpoints"
     state, resumed = ckpt.TrainState(), None
     if cfg.resume and (ckpt_dir / "latest.json").is_file():
-        state, _ = ckpt.load_checkpoint(ckpt_dir, model, optimizer, scaler, model_config=model_config, rank=d.rank)
+        state, saved = ckpt.load_checkpoint(ckpt_dir, model, optimizer, scaler, model_config=model_config, rank=d.rank)
+        check_mid_epoch_resume(state, saved, cfg, d.world)
         resumed = state.step
     elif cfg.init_from:
         init_weights(model, cfg.init_from, model_config)
@@ -337,13 +356,14 @@ def train(cfg: Config, model: torch.nn.Module | None = None) -> TrainResult:
 def _train(t: Trainer) -> TrainResult:
     cfg, d = t.cfg, t.d
     data = cfg.data
-    train_ds = StoreDataset(data.train_stores, train=True, seed=cfg.seed, augment=data.augment, depth_inputs=data.depth_inputs)
+    train_ds = StoreDataset(data.train_stores, train=True, seed=cfg.seed, augment=data.augment,
+                            depth_inputs=data.depth_inputs, allow_incomplete=data.allow_incomplete)
     sampler = EpochSampler(len(train_ds), shuffle=True, seed=cfg.seed, rank=d.rank, world=d.world)
     pin = d.device.type == "cuda"
     loader = make_loader(train_ds, sampler, data, cfg.batch_size, pin_memory=pin)
     val_loader = None
     if cfg.val_every and data.val_stores:
-        val_ds = StoreDataset(data.val_stores, train=False)
+        val_ds = StoreDataset(data.val_stores, train=False, allow_incomplete=data.allow_incomplete)
         val_loader = make_loader(val_ds, ShardSampler(len(val_ds), d.rank, d.world), dataclasses.replace(data), cfg.batch_size, pin_memory=pin)
     per_rank = math.ceil(len(train_ds) / d.world)
     total_steps = cfg.epochs * math.ceil(math.ceil(per_rank / cfg.batch_size) / max(cfg.accum_steps, 1))
