@@ -9,6 +9,7 @@ import pytest
 import torch
 import zarr
 
+from pdfnet_pipeline.errors import UserError
 from pdfnet_pipeline.data import augment as A
 from pdfnet_pipeline.data.dataset import DataConfig, EpochSampler, ShardSampler, StoreDataset, make_loader, to_device
 
@@ -24,8 +25,25 @@ def stores(tmp_path):
     return a, b
 
 
+def test_incomplete_store_refused_unless_allowed(stores):
+    with pytest.raises(UserError, match=r"a.zarr: only 3/4 samples are done"):
+        StoreDataset(list(stores), train=False)
+
+
+def test_store_without_the_needed_depth_maps_refused(stores, tmp_path):
+    import shutil
+
+    copy = tmp_path / "c.zarr"
+    shutil.copytree(stores[1], copy)
+    g = zarr.open_group(str(copy), mode="r+")
+    g.attrs["maps"] = ["large", "large_1024"]
+    with pytest.raises(UserError, match=r"has no depth map\(s\) \['base', 'small'\]"):
+        StoreDataset([copy], train=True, allow_incomplete=True)
+    assert len(StoreDataset([copy], train=False, allow_incomplete=True)) == 2  # validation needs only large
+
+
 def test_only_done_samples_from_all_stores(stores):
-    ds = StoreDataset(list(stores), train=False)
+    ds = StoreDataset(list(stores), train=False, allow_incomplete=True)
     assert len(ds) == 5
     assert ds.ids == ["a0", "a2", "a3", "b0", "b1"]
     g = zarr.open_group(str(stores[0]), mode="r")
@@ -35,7 +53,7 @@ def test_only_done_samples_from_all_stores(stores):
 
 
 def test_validation_reads_large_depth_unaugmented(stores):
-    ds = StoreDataset(list(stores), train=False, augment=A.AugmentConfig())  # augment ignored for val
+    ds = StoreDataset(list(stores), train=False, augment=A.AugmentConfig(), allow_incomplete=True)  # augment ignored for val
     g = zarr.open_group(str(stores[1]), mode="r")
     for epoch in range(3):
         item = ds[(epoch, 4)]  # b1
@@ -82,14 +100,14 @@ def test_augmentation_is_applied_identically_to_every_array(tmp_path):
 
 
 def test_same_key_same_sample_other_epoch_other_sample(stores):
-    ds = StoreDataset(list(stores), train=True, seed=5)
+    ds = StoreDataset(list(stores), train=True, seed=5, allow_incomplete=True)
     a, b, c = ds[(2, 3)], ds[(2, 3)], ds[(3, 3)]
     assert torch.equal(a["image"], b["image"]) and torch.equal(a["depth"], b["depth"])
     assert not (torch.equal(a["image"], c["image"]) and torch.equal(a["depth"], c["depth"]))
 
 
 def test_loader_output_does_not_depend_on_worker_count(stores):
-    ds = StoreDataset(list(stores), train=True, seed=9)
+    ds = StoreDataset(list(stores), train=True, seed=9, allow_incomplete=True)
 
     def batches(workers):
         sampler = EpochSampler(len(ds), shuffle=True, seed=9)
@@ -123,7 +141,7 @@ def test_epoch_sampler_shards_and_resumes():
 
 
 def test_to_device_normalises(stores):
-    ds = StoreDataset(list(stores), train=False)
+    ds = StoreDataset(list(stores), train=False, allow_incomplete=True)
     batch = torch.utils.data.default_collate([ds[0], ds[1]])
     out = to_device(batch, torch.device("cpu"))
     assert out["image"].shape == (2, 3, 32, 32) and out["image"].dtype == torch.float32

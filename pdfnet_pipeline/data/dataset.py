@@ -45,6 +45,9 @@ class DataConfig:
     start_method: Literal["fork", "forkserver", "spawn"] = "forkserver"
     prefetch_factor: int = 2
     augment: aug.AugmentConfig = field(default_factory=aug.AugmentConfig)
+    # Train on a store the depth stage has not finished (only its done samples). Off by default:
+    # a half-built store would silently shrink the epoch and change the order a resume replays.
+    allow_incomplete: bool = False
 
 
 def open_store(path: Path):
@@ -60,6 +63,21 @@ def done_rows(group) -> np.ndarray:
     return done_indices(group)
 
 
+def _check_usable(path: Path, group, need: set[str], done: int, allow_incomplete: bool) -> None:
+    """Fail at start-up, naming the store, instead of mid-epoch in a worker."""
+    from pdfnet_pipeline.errors import UserError
+
+    maps = set(group.attrs.get("maps") or [k.removeprefix("depth/") for k in ("depth/small", "depth/base",
+               "depth/large", "depth/large_1024") if k in group])  # fmt: skip
+    if need - maps:
+        raise UserError(f"{path} has no depth map(s) {sorted(need - maps)} (it holds {sorted(maps)}): "
+                        f"rebuild it with them or set data.depth_inputs to what it holds")  # fmt: skip
+    n = int(group["done"].shape[0])
+    if done < n and not allow_incomplete:
+        raise UserError(f"{path}: only {done}/{n} samples are done; finish the depth stage "
+                        f"(rerun it) or set data.allow_incomplete=true")  # fmt: skip
+
+
 class StoreDataset(Dataset):
     """The done samples of one or more stores, augmented (train) or as stored (validation)."""
 
@@ -71,6 +89,7 @@ class StoreDataset(Dataset):
         seed: int = 0,
         augment: aug.AugmentConfig | None = None,
         depth_inputs: tuple[str, ...] | list[str] = DEPTH_INPUTS,
+        allow_incomplete: bool = False,
     ) -> None:
         if not paths:
             raise ValueError("StoreDataset needs at least one store")
@@ -79,9 +98,11 @@ class StoreDataset(Dataset):
         self.augment = augment if augment is not None else aug.AugmentConfig()
         self.depth_inputs = tuple(depth_inputs) if train else ("large",)
         store_of, rows, ids, sizes = [], [], [], set()
+        need = set(self.depth_inputs) | ({SUPERVISION} if train else set())
         for k, path in enumerate(self.paths):
             group = open_store(path)
             done = done_rows(group)
+            _check_usable(path, group, need, len(done), allow_incomplete)
             all_ids = np.asarray(group["ids"][:])
             store_of.append(np.full(len(done), k, dtype=np.int32))
             rows.append(done)
