@@ -13,7 +13,7 @@ from pdfnet_pipeline.config import from_dict, load_stage_dict
 from pdfnet_pipeline.data.manifest import scan, write_manifest
 from pdfnet_pipeline.data.sample import generate_sample
 
-SPLITS = ["DIS-VD", "DIS-TE1", "DIS-TE2"]
+SPLITS = ["DIS-VD", "DIS-TE1", "DIS-TE2", "DIS-TE3", "DIS-TE4"]
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def built(tmp_path_factory):
     from pdfnet_pipeline.model.pdfnet import PDFNetConfig, build_pdfnet
 
     root = tmp_path_factory.mktemp("evalstage")
-    generate_sample(root / "data", per_split=2, train=0, seed=1)
+    generate_sample(root / "data", per_split=1, train=0, seed=1)
     manifest = root / "m.jsonl"
     write_manifest(scan(root / "data", SPLITS, workers=1, progress=False).manifest, manifest)
     raw = load_stage_dict("depth", "smoke", [f'manifest="{manifest}"', f'stores="{root / "stores"}"', "workers=0"])
@@ -34,11 +34,11 @@ def built(tmp_path_factory):
     return root, manifest, ckpt
 
 
-def _eval_cfg(root, manifest, ckpt, **extra):
+def _eval_cfg(root, manifest, ckpt, splits=SPLITS, **extra):
     from pdfnet_pipeline.eval import stage
 
     sets = [f'stores="{root / "stores"}"', f'manifest="{manifest}"', f'run_dir="{root / "run"}"',
-            f'checkpoint="{ckpt}"', f"splits={json.dumps(SPLITS)}", "metric_workers=1"]
+            f'checkpoint="{ckpt}"', f"splits={json.dumps(splits)}", "metric_workers=1"]
     sets += [f"{k}={json.dumps(v)}" for k, v in extra.items()]
     return stage, from_dict(stage.Config, load_stage_dict("eval", "smoke", sets))
 
@@ -55,7 +55,7 @@ def test_eval_stage_outputs_and_metrics_match_pysodmetrics(built):
     for name in ("results.csv", "curves.png", "contact_sheet.png"):
         assert (out / name).stat().st_size > 0
     # Independent check: pysodmetrics over the written PNGs and the native GT files.
-    for split, group in (("DIS-VD", ["DIS-VD"]), ("DIS-TE (all)", ["DIS-TE1", "DIS-TE2"])):
+    for split, group in (("DIS-VD", ["DIS-VD"]), ("DIS-TE (all)", SPLITS[1:])):
         fm, sm, mae = psm.Fmeasure(), psm.Smeasure(), psm.MAE()
         count = 0
         for s in group:
@@ -73,6 +73,13 @@ def test_eval_stage_outputs_and_metrics_match_pysodmetrics(built):
 
 
 @pytest.mark.slow
+def test_all_te_column_needs_all_four_test_splits(built, tmp_path):
+    root, manifest, ckpt = built
+    stage, cfg = _eval_cfg(root, manifest, ckpt, splits=["DIS-VD", "DIS-TE1"], out=str(tmp_path / "ev"))
+    assert set(stage.run(cfg)) == {"DIS-VD", "DIS-TE1"}
+
+
+@pytest.mark.slow
 def test_eval_refuses_a_store_from_another_manifest(built, tmp_path):
     root, manifest, ckpt = built
     other = tmp_path / "other.jsonl"
@@ -85,3 +92,21 @@ def test_eval_refuses_a_store_from_another_manifest(built, tmp_path):
 
     with pytest.raises(StoreError, match="built from another manifest"):
         stage.run(cfg)
+
+
+def test_find_checkpoint_prefers_best_then_latest_model(tmp_path):
+    from pdfnet_pipeline.eval.stage import find_checkpoint
+    from pdfnet_pipeline.model.checkpoint import CheckpointError
+
+    run = tmp_path / "run"
+    step = run / "checkpoints" / "step_00000005"
+    step.mkdir(parents=True)
+    for name in ("model.safetensors", "rng.safetensors", "optimizer.safetensors"):
+        (step / name).write_bytes(b"x")
+    (step / "state.json").write_text("{}")
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        find_checkpoint(run)
+    (run / "checkpoints" / "latest.json").write_text(json.dumps({"dir": step.name, "step": 5}))
+    assert find_checkpoint(run) == step / "model.safetensors"  # never rng/optimizer files
+    (run / "best.safetensors").write_bytes(b"x")
+    assert find_checkpoint(run) == run / "best.safetensors"

@@ -19,6 +19,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from pdfnet_pipeline.data.manifest import IMAGE_EXTS
+from pdfnet_pipeline.eval.stage import _amp_dtype
 
 
 def collect_images(inputs: list[Path]) -> list[Path]:
@@ -43,7 +44,7 @@ class Predictor:
         self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                                    "cpu" if device == "auto" else device)  # fmt: skip
         self.size, self.tta = size, tta
-        self.amp = torch.bfloat16 if self.device.type == "cuda" else None
+        self.amp = _amp_dtype("auto", self.device)  # bf16 where supported, fp16 on older GPUs
         self.dam, self.dam_provenance = dam.load_dam(dam_arch, dam_weights)
         self.dam.to(self.device)
         self.model = load_model(checkpoint, map_location=self.device).eval()

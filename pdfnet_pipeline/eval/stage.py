@@ -33,7 +33,7 @@ ALL_TE = "DIS-TE (all)"
 class Config:
     stores: Path = Path("stores")
     manifest: Path = Path("data_manifests/DIS5K.jsonl")
-    run_dir: Path = Path("runs/paper")
+    run_dir: Path = Path("runs/pdfnet")
     checkpoint: Path | None = None  # default: the run's best checkpoint
     out: Path | None = None  # default: run_dir/eval
     splits: list[str] = field(default_factory=lambda: list(DIS_SPLITS[1:]))
@@ -59,13 +59,16 @@ def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
 
 
 def find_checkpoint(run_dir: Path) -> Path:
-    for name in ("best.safetensors", "last.safetensors", "model.safetensors"):
-        if (run_dir / name).is_file():
-            return run_dir / name
-    found = sorted(run_dir.glob("**/*.safetensors"))
-    if not found:
-        raise CheckpointError(f"{run_dir}: no checkpoint (train first, or pass --set checkpoint=...)")
-    return found[-1]
+    """The run's best model, else the model of its latest training checkpoint."""
+    from pdfnet_pipeline.train.checkpoint import CheckpointError as TrainCheckpointError
+    from pdfnet_pipeline.train.checkpoint import resolve
+
+    if (run_dir / "best.safetensors").is_file():
+        return run_dir / "best.safetensors"
+    try:
+        return resolve(run_dir, "latest") / "model.safetensors"
+    except TrainCheckpointError:
+        raise CheckpointError(f"{run_dir}: no checkpoint (train first, or pass --set checkpoint=...)") from None
 
 
 def random_weight_reasons(stores: list[Path], run_dir: Path) -> list[str]:
@@ -142,7 +145,7 @@ def run(cfg: Config) -> dict:
         per_split[split] = result
         samples += [dict(r, split=split, mae=im.mae) for r, im in zip(records, result.images)]
     te = [im for s in TEST_SPLITS if s in per_split for im in per_split[s].images]
-    if te:
+    if all(s in per_split for s in TEST_SPLITS):  # "DIS-TE (all)" means all four test splits
         per_split[ALL_TE] = M.Results.from_images(te)
     results = {s: {**r.summary(), "count": len(r.images)} for s, r in per_split.items()}
     curves = {s: {"precision": r.precision, "recall": r.recall, "fmeasure": r.f_curve} for s, r in per_split.items()}
