@@ -1,7 +1,8 @@
 # pdfnet-pipeline: depth -> train -> eval, chained through file targets so a stage reruns only
 # when its inputs changed. Variables:
 #   DATA     DIS-5K-layout root (DIS-TR, DIS-VD, DIS-TE1..4 with im/+gt/); default: generated sample
-#   STORES   folder of the per-split Zarr stores         RUNS  folder of training runs
+#   STORES   folder of the per-split Zarr stores (default: stores/PROFILE, sizes differ by profile)
+#   RUNS     folder of training runs
 #   PROFILE  stage profile: smoke (tiny random-weight models, CPU) or paper
 #   RUN      run name (default: PROFILE)                  SET   extra --set overrides for every stage
 #   TORCH    torch spec for `make setup` (GPU users: your own CUDA build, e.g. TORCH=torch)
@@ -13,7 +14,7 @@ TORCH   ?= torch==2.14.1 torchvision==0.29.1
 
 SAMPLE  ?= sample_data
 DATA    ?= $(SAMPLE)
-STORES  ?= stores
+STORES  ?= stores/$(PROFILE)
 RUNS    ?= runs
 PROFILE ?= smoke
 RUN     ?= $(PROFILE)
@@ -52,7 +53,9 @@ $(SAMPLE)/.done:
 sample: $(SAMPLE)/.done
 
 # The manifest depends on every file of the dataset (a changed image reruns everything after it).
-DATA_FILES = $(if $(filter $(SAMPLE),$(DATA)),$(SAMPLE)/.done,$(shell find $(DATA) -type f 2>/dev/null))
+# Folders too, so a deleted file (its folder's mtime changes) also reruns it; DIS-5K names hold
+# spaces, escaped for make.
+DATA_FILES = $(if $(filter $(SAMPLE),$(DATA)),$(SAMPLE)/.done,$(shell find $(DATA) \( -type f -o -type d \) 2>/dev/null | sed 's/ /\\ /g'))
 $(MANIFEST): $(DATA_FILES)
 	$(CLI) data manifest $(DATA) --out $@ $(MANIFEST_FLAGS)
 manifest: $(MANIFEST)

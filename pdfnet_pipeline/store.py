@@ -158,7 +158,7 @@ def open_write(path: Path, spec: StoreSpec):
     path = Path(path)
     if not path.exists():
         return create(path, spec)
-    group = zarr.open_group(str(path), mode="r+")
+    group = _open_group(path, "r+")
     if not group.attrs.get("format"):
         # Creation was interrupted before the attributes (nothing computed yet); still, never
         # delete anything silently.
@@ -175,9 +175,19 @@ def open_read(path: Path | str):
     path = Path(path)
     if not path.exists():
         raise StoreError(f"{path}: no such store (run `pdfnet-pipeline stage run depth`)")
-    group = zarr.open_group(str(path), mode="r")
+    group = _open_group(path, "r")
     _check_schema(group.attrs, path)
     return group
+
+
+def _open_group(path: Path, mode: str):
+    """zarr.open_group, with an empty or foreign folder reported as a StoreError."""
+    import zarr
+
+    try:
+        return zarr.open_group(str(path), mode=mode)
+    except (zarr.errors.NodeNotFoundError, FileNotFoundError) as err:
+        raise StoreError(f"{path}: not a Zarr store (empty or foreign folder: {err}); delete it and rerun") from None
 
 
 def done_indices(group) -> np.ndarray:

@@ -142,6 +142,25 @@ def test_pixel_limit_from_header_only(tmp_path, car):
     assert str(err.value).startswith(str(bomb)) and "pixels" in str(err.value)
 
 
+def test_our_pixel_limit_replaces_pillows(tmp_path):
+    """195 MP is over Pillow's own default (~179 MP) but under ours (200 MP): the header passes,
+    and the (missing) pixel data is what fails."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    path = tmp_path / "tall.png"
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", 15000, 13000, 8, 0, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 100))
+        + chunk(b"IEND", b"")
+    )
+    with pytest.raises(BadInputError, match="corrupt or truncated"):
+        load_image(path)
+    with pytest.raises(BadInputError, match="exceeds the limit of 100,000,000"):
+        load_image(path, max_pixels=100_000_000)
+
+
 def test_draft_mode_decodes_big_jpeg_smaller(tmp_path):
     big = tmp_path / "big.jpg"
     Image.new("RGB", (4000, 3000), (10, 200, 30)).save(big)

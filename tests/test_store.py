@@ -152,3 +152,12 @@ def test_lock_of_a_killed_process_is_released(tmp_path):
             proc.kill()
     with store.writer_lock(path) as lp:  # the kernel dropped the dead holder's flock
         assert lp.read_text().strip() == str(os.getpid())
+
+
+def test_empty_or_foreign_folder_is_a_store_error(tmp_path):
+    from pdfnet_pipeline.store import StoreError, open_read
+
+    bad = tmp_path / "DIS-VD.zarr"
+    bad.mkdir()
+    with pytest.raises(StoreError, match="DIS-VD.zarr: not a Zarr store"):
+        open_read(bad)

@@ -23,6 +23,9 @@ from pdfnet_pipeline.errors import UserError
 
 # DIS-5K's largest images are ~ 6000 x 9000 (54 MP); 200 MP leaves room and stops bombs.
 DEFAULT_MAX_PIXELS = 200_000_000
+# Our `max_pixels` check (from the header, before decoding) replaces Pillow's global limit, which
+# would otherwise refuse anything over ~179 MP at open time whatever the caller allowed.
+Image.MAX_IMAGE_PIXELS = None
 
 
 class BadInputError(UserError, ValueError):
