@@ -30,3 +30,8 @@ def test_smoke_profile_learns_on_generated_sample(tmp_path):
     assert last < first - 0.3, (first, last)
     assert result.val[-1]["mae"] < 0.6 * result.val[0]["mae"], result.val
     assert (tmp_path / "run" / "best.safetensors").is_file()
+    # Random initial weights: the saved validation strips carry the red "RANDOM WEIGHTS" banner.
+    from PIL import Image
+
+    strips = sorted((tmp_path / "run" / "samples").glob("epoch_*/*.png"))
+    assert strips and all(Image.open(p).convert("RGB").getpixel((1, 1)) == (200, 0, 0) for p in strips)

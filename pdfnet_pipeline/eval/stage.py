@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from pdfnet_pipeline import provenance
 from pdfnet_pipeline.data.images import load_mask
 from pdfnet_pipeline.data.manifest import DIS_SPLITS, read_manifest
 from pdfnet_pipeline.eval.report import SheetRow, contact_sheet, plot_curves, write_tables
@@ -72,21 +73,11 @@ def find_checkpoint(run_dir: Path) -> Path:
 
 
 def random_weight_reasons(stores: list[Path], run_dir: Path) -> list[str]:
-    """Why the numbers of this run mean nothing, if they don't: random DAM or random PDFNet init."""
-    import zarr
-
-    reasons = set()
-    for path in stores:
-        models = dict(zarr.open_group(str(path), mode="r").attrs).get("models", {})
-        if any(str(m.get("weights", "")).lower() == "random" for m in models.values()):
-            reasons.add("depth maps from randomly initialised DAM v2")
+    """Random DAM maps in the stores, or a run (config.json) trained from a random init."""
     cfg_file = run_dir / "config.json"
-    if cfg_file.is_file():
-        cfg = json.loads(cfg_file.read_text())
-        model = cfg.get("model", {})
-        if model.get("backbone_weights", "random") == "random" and not cfg.get("init_from"):
-            reasons.add(f"PDFNet ({model.get('preset', '?')} preset) trained from random initial weights")
-    return sorted(reasons)
+    cfg = json.loads(cfg_file.read_text()) if cfg_file.is_file() else {}
+    model = cfg.get("model", {"backbone_weights": "unknown"})  # no run config: say only what we know
+    return provenance.random_weight_reasons(stores, model, cfg.get("init_from", ""))
 
 
 def _predict_split(model, store: Path, out_dir: Path, cfg: Config, device, amp) -> list[dict]:
@@ -129,7 +120,7 @@ def run(cfg: Config) -> dict:
         if recorded != manifest.split_hash(split):
             raise StoreError(f"{path} was built from another manifest than {cfg.manifest} ({split}): rebuild it or use that manifest")
     reasons = random_weight_reasons(list(stores.values()), cfg.run_dir)
-    label = ("RANDOM-WEIGHT RUN: " + "; ".join(reasons) + " - these numbers measure nothing") if reasons else None
+    label = provenance.random_label(reasons)
     if label:
         print(label)
     model = load_model(ckpt, map_location=device).to(device).eval()

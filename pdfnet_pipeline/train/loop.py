@@ -24,9 +24,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from pdfnet_pipeline import config as cfgmod
+from pdfnet_pipeline import provenance
 from pdfnet_pipeline.data.dataset import EpochSampler, ShardSampler, StoreDataset, make_loader, to_device
 from pdfnet_pipeline.errors import UserError
 from pdfnet_pipeline.train import checkpoint as ckpt
@@ -104,10 +105,14 @@ class RunLog:
     """Rank-0 outputs: resolved config, metrics.jsonl, validation images, the progress bar."""
 
     def __init__(self, run_dir: Path, cfg: Config, main: bool, resumed_step: int | None) -> None:
-        self.dir, self.main = run_dir, main
+        self.dir, self.main, self.label = run_dir, main, None
         self.metrics = run_dir / "metrics.jsonl"
         if not main:
             return
+        reasons = provenance.random_weight_reasons(cfg.data.train_stores, asdict(cfg.model), cfg.init_from)
+        self.label = provenance.random_label(reasons)
+        if self.label:
+            print(self.label)
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(cfgmod.to_dict(cfg), indent=2))
         if resumed_step is not None and self.metrics.exists():  # drop lines past the checkpoint
@@ -134,7 +139,12 @@ class RunLog:
         out.mkdir(parents=True, exist_ok=True)
         for i, sid in enumerate(ids):
             grey = [np.repeat(t[i].cpu().numpy()[..., None], 3, axis=2) for t in (gt, pred)]
-            Image.fromarray(np.concatenate([image[i].cpu().numpy(), *grey], axis=1)).save(out / f"{sid}.png")
+            strip = Image.fromarray(np.concatenate([image[i].cpu().numpy(), *grey], axis=1))
+            if self.label:  # a red banner: these pictures show the pipeline, not PDFNet
+                draw = ImageDraw.Draw(strip)
+                draw.rectangle([0, 0, strip.width, 14], fill=(200, 0, 0))
+                draw.text((3, 2), "RANDOM WEIGHTS", fill=(255, 255, 255))
+            strip.save(out / f"{sid}.png")
 
 
 @dataclass
