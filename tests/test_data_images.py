@@ -123,20 +123,25 @@ def test_exif_orientation_applied_consistently(tmp_path, car_rgb):
     assert marker[:, 0].mean() > 200 and marker[:, 1].mean() < 60  # red under the mask
 
 
+def _header_only_png(path, width: int, height: int):
+    """A PNG whose header claims width x height, with (almost) no pixel data behind it."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 100))
+        + chunk(b"IEND", b"")
+    )
+    return path
+
+
 def test_pixel_limit_from_header_only(tmp_path, car):
     with pytest.raises(BadInputError, match="exceeds the limit of 100,000"):
         load_image(car, max_pixels=100_000)
     # A 40000 x 40000 PNG header with no pixel data: refused before any decoding.
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    bomb = tmp_path / "bomb.png"
-    bomb.write_bytes(
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", struct.pack(">IIBBBBB", 40000, 40000, 8, 0, 0, 0, 0))
-        + chunk(b"IDAT", zlib.compress(b"\x00" * 100))
-        + chunk(b"IEND", b"")
-    )
+    bomb = _header_only_png(tmp_path / "bomb.png", 40000, 40000)
     with pytest.raises(BadInputError) as err:
         load_image(bomb)
     assert str(err.value).startswith(str(bomb)) and "pixels" in str(err.value)
@@ -145,16 +150,7 @@ def test_pixel_limit_from_header_only(tmp_path, car):
 def test_our_pixel_limit_replaces_pillows(tmp_path):
     """195 MP is over Pillow's own default (~179 MP) but under ours (200 MP): the header passes,
     and the (missing) pixel data is what fails."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    path = tmp_path / "tall.png"
-    path.write_bytes(
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", struct.pack(">IIBBBBB", 15000, 13000, 8, 0, 0, 0, 0))
-        + chunk(b"IDAT", zlib.compress(b"\x00" * 100))
-        + chunk(b"IEND", b"")
-    )
+    path = _header_only_png(tmp_path / "tall.png", 15000, 13000)
     with pytest.raises(BadInputError, match="corrupt or truncated"):
         load_image(path)
     with pytest.raises(BadInputError, match="exceeds the limit of 100,000,000"):
