@@ -142,7 +142,7 @@ def test_maxf_batched_equals_reference_on_random_maps():
 
 
 def test_precision_rules():
-    from pdfnet_pipeline.train.loop import precision
+    from pdfnet_pipeline.device import precision
 
     cpu = torch.device("cpu")
     assert precision(cpu, "auto") == (None, False)  # float32 on the CPU

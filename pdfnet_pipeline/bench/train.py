@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from pdfnet_pipeline.model import PDFNetConfig, build_pdfnet
-from pdfnet_pipeline.train.loop import precision
+from pdfnet_pipeline.device import precision
 from pdfnet_pipeline.train.optim import OptimConfig, build_optimizer
 
 

@@ -88,23 +88,20 @@ def _ranks() -> Ranks:
 def _device(cfg: Config, ranks: Ranks):
     import torch
 
-    name = cfg.device
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and ranks.world > 1:
-        name = f"cuda:{ranks.local_rank}"
-    dev = torch.device(name)
+    from pdfnet_pipeline.device import pick_device
+
+    dev = pick_device(cfg.device, ranks.local_rank)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     return dev
 
 
-def _amp(cfg: Config, device) -> "torch.dtype | None":
-    import torch
+def _amp(cfg: Config, device):
+    """Autocast dtype for the backbone (the DPT head stays float32): bf16 on CUDA, or fp16 on GPUs
+    without bf16; none on the CPU unless asked."""
+    from pdfnet_pipeline.device import precision
 
-    if cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and device.type == "cuda"):
-        return torch.bfloat16
-    return None
+    return precision(device, cfg.dtype)[0]
 
 
 def _check_maps(cfg: Config) -> None:

@@ -10,7 +10,7 @@ and skipped; the others still run.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import numpy as np
 import torch
@@ -19,7 +19,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from pdfnet_pipeline.data.manifest import IMAGE_EXTS
-from pdfnet_pipeline.eval.stage import _amp_dtype
+from pdfnet_pipeline.device import pick_device, precision
 
 
 def collect_images(inputs: list[Path]) -> list[Path]:
@@ -41,10 +41,9 @@ class Predictor:
         from pdfnet_pipeline.depth import dam
         from pdfnet_pipeline.model.checkpoint import load_model
 
-        self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                                   "cpu" if device == "auto" else device)  # fmt: skip
+        self.device = pick_device(device)
         self.size, self.tta = size, tta
-        self.amp = _amp_dtype("auto", self.device)  # bf16 where supported, fp16 on older GPUs
+        self.amp, _ = precision(self.device)  # bf16 where supported, fp16 on older GPUs, fp32 on CPU
         self.dam, self.dam_provenance = dam.load_dam(dam_arch, dam_weights)
         self.dam.to(self.device)
         self.model = load_model(checkpoint, map_location=self.device).eval()

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from pdfnet_pipeline import provenance
 from pdfnet_pipeline.data.images import load_mask
+from pdfnet_pipeline.device import pick_device, precision
 from pdfnet_pipeline.data.manifest import DIS_SPLITS, read_manifest
 from pdfnet_pipeline.eval.report import SheetRow, contact_sheet, plot_curves, write_tables
 from pdfnet_pipeline.eval.tta import predict_logits, to_native_uint8
@@ -40,23 +41,9 @@ class Config:
     splits: list[str] = field(default_factory=lambda: list(DIS_SPLITS[1:]))
     tta: bool = False  # hflip x scales 0.75 / 1 / 1.25, logits averaged
     device: str = "auto"
-    amp: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    amp: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 / fp16 on CUDA, fp32 on CPU
     metric_workers: int = 0  # 0: all cores
     sheet_rows: int = 3  # best and worst samples in the contact sheet
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    if device.type != "cuda" or amp == "fp32":
-        return None
-    if amp == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
 
 
 def find_checkpoint(run_dir: Path) -> Path:
@@ -109,8 +96,8 @@ def run(cfg: Config) -> dict:
     from pdfnet_pipeline.model.checkpoint import load_model
     from pdfnet_pipeline.store import open_read
 
-    device = _device(cfg.device)
-    amp = _amp_dtype(cfg.amp, device)
+    device = pick_device(cfg.device)
+    amp, _ = precision(device, cfg.amp)
     out = cfg.out or cfg.run_dir / "eval"
     ckpt = cfg.checkpoint or find_checkpoint(cfg.run_dir)
     manifest = read_manifest(cfg.manifest)

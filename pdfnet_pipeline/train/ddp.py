@@ -10,6 +10,8 @@ import os
 from dataclasses import dataclass
 
 import torch
+
+from pdfnet_pipeline.device import pick_device  # noqa: F401  (re-exported for callers)
 import torch.distributed as dist
 
 
@@ -27,15 +29,6 @@ class Dist:
     @property
     def enabled(self) -> bool:
         return self.world > 1
-
-
-def pick_device(requested: str, local_rank: int = 0) -> torch.device:
-    if requested == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    device = torch.device(requested)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device(f"cuda:{local_rank}")
-    return device
 
 
 def init(requested_device: str = "auto") -> Dist:

@@ -28,6 +28,7 @@ from PIL import Image, ImageDraw
 
 from pdfnet_pipeline import config as cfgmod
 from pdfnet_pipeline import provenance
+from pdfnet_pipeline.device import precision
 from pdfnet_pipeline.data.dataset import EpochSampler, ShardSampler, StoreDataset, make_loader, to_device
 from pdfnet_pipeline.errors import UserError
 from pdfnet_pipeline.train import checkpoint as ckpt
@@ -47,21 +48,6 @@ class TrainResult:
     val: list[dict] = field(default_factory=list)
     state: ckpt.TrainState = field(default_factory=ckpt.TrainState)
     is_main: bool = True
-
-
-def precision(device: torch.device, requested: str) -> tuple[torch.dtype | None, bool]:
-    """(autocast dtype or None for float32, whether a GradScaler is needed)."""
-    if requested == "auto":
-        if device.type != "cuda":
-            return None, False
-        requested = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if requested == "float32":
-        return None, False
-    if requested == "bf16":
-        return torch.bfloat16, False
-    if device.type != "cuda":
-        raise ValueError("precision fp16 needs CUDA (GradScaler); use bf16 or float32 on the CPU")
-    return torch.float16, True
 
 
 def seed_all(seed: int) -> None:
