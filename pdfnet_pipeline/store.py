@@ -153,7 +153,6 @@ def _check_same(group, spec: StoreSpec, path: Path) -> None:
 
 def open_write(path: Path, spec: StoreSpec):
     """The store at `path` for (re)writing: created when missing, else checked against `spec`."""
-    import zarr
 
     path = Path(path)
     if not path.exists():
@@ -170,7 +169,6 @@ def open_write(path: Path, spec: StoreSpec):
 
 def open_read(path: Path | str):
     """A store group opened read-only, schema-checked."""
-    import zarr
 
     path = Path(path)
     if not path.exists():

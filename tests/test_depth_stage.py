@@ -9,7 +9,6 @@ import os
 import shutil
 import subprocess
 import sys
-import textwrap
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,7 +19,6 @@ from PIL import Image
 
 from pdfnet_pipeline import config as cfgmod
 from pdfnet_pipeline import store
-from pdfnet_pipeline.data.images import load_image
 from pdfnet_pipeline.data.manifest import read_manifest, scan, write_manifest
 from pdfnet_pipeline.data.sample import generate_sample
 from pdfnet_pipeline.depth import dam, stage

@@ -31,7 +31,7 @@ def spec(**over) -> store.StoreSpec:
 
 def test_layout_dtypes_chunks_and_attributes(tmp_path):
     path = tmp_path / "DIS-VD.zarr"
-    g = store.create(path, spec())
+    store.create(path, spec())
     expect = {
         "image": ((3, 16, 16, 3), "uint8", (1, 16, 16, 3)),
         "mask": ((3, 16, 16), "uint8", (1, 16, 16)),

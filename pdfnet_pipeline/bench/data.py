@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from pdfnet_pipeline.data import augment as aug
 from pdfnet_pipeline.data.dataset import DataConfig, EpochSampler, StoreDataset, make_loader

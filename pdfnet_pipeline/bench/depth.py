@@ -74,7 +74,6 @@ def _bytes(path: Path) -> int:
 
 
 def run(cfg: Config) -> None:
-    import torch
 
     from pdfnet_pipeline.data.manifest import read_manifest
     from pdfnet_pipeline.depth import dam, stage

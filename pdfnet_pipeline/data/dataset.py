@@ -27,6 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from pdfnet_pipeline.data import augment as aug
+from pdfnet_pipeline.store import done_indices, open_read
 
 DEPTH_INPUTS = ("small", "base", "large")
 SUPERVISION = "large_1024"
@@ -48,19 +49,6 @@ class DataConfig:
     # Train on a store the depth stage has not finished (only its done samples). Off by default:
     # a half-built store would silently shrink the epoch and change the order a resume replays.
     allow_incomplete: bool = False
-
-
-def open_store(path: Path):
-    """A store group for reading (schema-checked by store.open_read)."""
-    from pdfnet_pipeline.store import open_read
-
-    return open_read(path)
-
-
-def done_rows(group) -> np.ndarray:
-    from pdfnet_pipeline.store import done_indices
-
-    return done_indices(group)
 
 
 def _check_usable(path: Path, group, need: set[str], done: int, allow_incomplete: bool) -> None:
@@ -100,8 +88,8 @@ class StoreDataset(Dataset):
         store_of, rows, ids, sizes = [], [], [], set()
         need = set(self.depth_inputs) | ({SUPERVISION} if train else set())
         for k, path in enumerate(self.paths):
-            group = open_store(path)
-            done = done_rows(group)
+            group = open_read(path)
+            done = done_indices(group)
             _check_usable(path, group, need, len(done), allow_incomplete)
             all_ids = np.asarray(group["ids"][:])
             store_of.append(np.full(len(done), k, dtype=np.int32))
@@ -127,7 +115,7 @@ class StoreDataset(Dataset):
 
     def _group(self, k: int):
         if self._groups is None or self._pid != os.getpid():
-            self._groups = [open_store(p) for p in self.paths]
+            self._groups = [open_read(p) for p in self.paths]
             self._pid = os.getpid()
         return self._groups[k]
 

@@ -36,7 +36,8 @@ def metrics(
 ) -> None:
     """Evaluate prediction images against GT masks matched by file stem (Fmax Fw Em Sa MAE HCE)."""
     from pdfnet_pipeline.eval.metrics import MetricsConfig, evaluate_pairs
-    from pdfnet_pipeline.eval.metrics_io import format_table, match_dirs
+    from pdfnet_pipeline.eval.metrics_io import match_dirs
+    from pdfnet_pipeline.eval.report import markdown_table
 
     if hce_binarize not in ("dis", "pysodmetrics"):
         raise typer.BadParameter("expected 'dis' or 'pysodmetrics'", param_hint="--hce-binarize")
@@ -67,8 +68,9 @@ def metrics(
         typer.echo(f"warning: {len(resized)} prediction(s) resized to their GT's size: "
                    + ", ".join(resized), err=True)  # fmt: skip
     n_gt = len(matched.pairs) + len(matched.missing)
-    typer.echo(format_table({pred.name or str(pred): results},
-                            note=f"{len(matched.pairs)} of {n_gt} GT masks evaluated"))  # fmt: skip
+    name = pred.name or str(pred)
+    typer.echo(markdown_table({name: {**results.summary(), "count": len(results.images)}}))
+    typer.echo(f"{len(matched.pairs)} of {n_gt} GT masks evaluated")
     if json_out:
         data = results.to_dict()
         data.update(pred_dir=str(pred), gt_dir=str(gt), missing=matched.missing,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pdfnet_pipeline.eval.metrics import METRIC_NAMES, Pair, Results
+from pdfnet_pipeline.eval.metrics import Pair
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
@@ -38,16 +38,3 @@ def match_dirs(pred_dir: Path, gt_dir: Path) -> Matched:
         missing=sorted(set(gts) - set(preds)),
         extra=sorted(set(preds) - set(gts)),
     )
-
-
-def format_table(rows: dict[str, Results], note: str = "") -> str:
-    """Markdown table, one row per named result, columns in the paper's order."""
-    head = "| set | n | " + " | ".join(METRIC_NAMES) + " |"
-    lines = [head, "|" + "---|" * (len(METRIC_NAMES) + 2)]
-    for name, res in rows.items():
-        s = res.summary()
-        cells = [f"{s[k]:.3f}" for k in METRIC_NAMES[:-1]] + [f"{s['HCE']:.0f}"]
-        lines.append(f"| {name} | {len(res.images)} | " + " | ".join(cells) + " |")
-    if note:
-        lines.append(f"\n{note}")
-    return "\n".join(lines)
