@@ -25,7 +25,7 @@ from pdfnet_pipeline.data.manifest import DIS_SPLITS, read_manifest
 from pdfnet_pipeline.eval.report import SheetRow, contact_sheet, plot_curves, write_tables
 from pdfnet_pipeline.eval.tta import predict_logits, to_native_uint8
 from pdfnet_pipeline.model.checkpoint import CheckpointError
-from pdfnet_pipeline.store import StoreError
+from pdfnet_pipeline.store import StoreError, open_read
 
 TEST_SPLITS = ("DIS-TE1", "DIS-TE2", "DIS-TE3", "DIS-TE4")
 ALL_TE = "DIS-TE (all)"
@@ -59,7 +59,7 @@ def find_checkpoint(run_dir: Path) -> Path:
         raise CheckpointError(f"{run_dir}: no checkpoint (train first, or pass --set checkpoint=...)") from None
 
 
-def random_weight_reasons(stores: list[Path], run_dir: Path) -> list[str]:
+def _run_random_reasons(stores: list[Path], run_dir: Path) -> list[str]:
     """Random DAM maps in the stores, or a run (config.json) trained from a random init."""
     cfg_file = run_dir / "config.json"
     cfg = json.loads(cfg_file.read_text()) if cfg_file.is_file() else {}
@@ -73,7 +73,7 @@ def _predict_split(model, store: Path, out_dir: Path, cfg: Config, device, amp) 
     from pdfnet_pipeline.data.dataset import StoreDataset
 
     ds = StoreDataset([store], train=False)
-    group = ds._group(0)
+    group = open_read(store)
     orig = np.asarray(group["orig_size"][:])
     out_dir.mkdir(parents=True, exist_ok=True)
     records = []
@@ -94,7 +94,6 @@ def _predict_split(model, store: Path, out_dir: Path, cfg: Config, device, amp) 
 def run(cfg: Config) -> dict:
     from pdfnet_pipeline.eval import metrics as M
     from pdfnet_pipeline.model.checkpoint import load_model
-    from pdfnet_pipeline.store import open_read
 
     device = pick_device(cfg.device)
     amp, _ = precision(device, cfg.amp)
@@ -106,7 +105,7 @@ def run(cfg: Config) -> dict:
         recorded = dict(open_read(path).attrs).get("manifest_sha256")
         if recorded != manifest.split_hash(split):
             raise StoreError(f"{path} was built from another manifest than {cfg.manifest} ({split}): rebuild it or use that manifest")
-    reasons = random_weight_reasons(list(stores.values()), cfg.run_dir)
+    reasons = _run_random_reasons(list(stores.values()), cfg.run_dir)
     label = provenance.random_label(reasons)
     if label:
         print(label)
@@ -137,7 +136,6 @@ def run(cfg: Config) -> dict:
 
 def _sheet(samples, stores, manifest, path: Path, n: int, label: str | None) -> Path:
     """Best and worst samples by MAE: image | depth | GT | prediction at native size."""
-    from pdfnet_pipeline.store import open_read
 
     ranked = sorted(samples, key=lambda r: r["mae"])
     chosen = ranked[:n] + [r for r in ranked[-n:] if r not in ranked[:n]]
