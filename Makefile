@@ -28,7 +28,7 @@ TRAIN_DONE = $(RUNS)/$(RUN)/.train.done
 EVAL_DONE  = $(RUNS)/$(RUN)/eval/results.md
 SETS       = $(foreach s,$(SET),--set $(s))
 
-.PHONY: setup test test-fast demo depth train eval manifest sample status clean-demo help
+.PHONY: setup lint test test-fast demo depth train eval manifest sample status clean-demo help
 .DELETE_ON_ERROR:
 
 help:
@@ -40,6 +40,10 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q $(TORCH)
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 test: setup
 	$(BIN)/pytest -q

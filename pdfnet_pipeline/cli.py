@@ -11,7 +11,7 @@ import importlib
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -64,7 +64,7 @@ def _component(registry: dict[str, str], kind: str, name: str):
 
 
 SetOpt = Annotated[
-    Optional[list[str]],
+    list[str] | None,
     typer.Option("--set", "-s", help="Override a setting: key=value (TOML value), repeatable."),
 ]
 
@@ -72,9 +72,9 @@ SetOpt = Annotated[
 @stage_app.command("run")
 def stage_run(
     name: Annotated[str, typer.Argument(help="Stage name: depth, train or eval (stages/NAME.toml).")],
-    profile: Annotated[Optional[str], typer.Option(help="Named override set, e.g. smoke or paper.")] = None,
+    profile: Annotated[str | None, typer.Option(help="Named override set, e.g. smoke or paper.")] = None,
     set_: SetOpt = None,
-    stages_dir: Annotated[Optional[Path], typer.Option(help="Folder with the stage TOML files.")] = None,
+    stages_dir: Annotated[Path | None, typer.Option(help="Folder with the stage TOML files.")] = None,
     print_config: Annotated[bool, typer.Option(help="Print the resolved config and exit.")] = False,
 ) -> None:
     """Run stage NAME with its stages/NAME.toml settings, a profile and overrides."""

@@ -77,9 +77,7 @@ def load_stage_dict(
     profiles = raw.pop("profiles", {})
     if profile:
         if profile not in profiles:
-            raise ConfigError(
-                f"stage {name!r} has no profile {profile!r} (profiles: {', '.join(sorted(profiles))})"
-            )
+            raise ConfigError(f"stage {name!r} has no profile {profile!r} (profiles: {', '.join(sorted(profiles))})")
         raw = deep_merge(raw, profiles[profile])
     return apply_overrides(raw, list(overrides))
 
@@ -142,8 +140,7 @@ def from_dict(cls: type[T], data: dict, where: str = "") -> T:
     if unknown:
         prefix = f"{where}." if where else ""
         raise ConfigError(
-            f"unknown setting(s) {', '.join(prefix + u for u in unknown)} "
-            f"(known: {', '.join(sorted(fields))})"
+            f"unknown setting(s) {', '.join(prefix + u for u in unknown)} (known: {', '.join(sorted(fields))})"
         )
     kwargs = {}
     for name, value in data.items():

@@ -9,7 +9,7 @@ _ALIASES = {"bfloat16": "bf16", "float16": "fp16", "fp32": "float32"}
 
 
 def pick_device(requested: str = "auto", local_rank: int = 0) -> torch.device:
-    """"auto": this rank's GPU when there is one, else the CPU; "cuda" gets the rank's index."""
+    """ "auto": this rank's GPU when there is one, else the CPU; "cuda" gets the rank's index."""
     if requested == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
     device = torch.device(requested)

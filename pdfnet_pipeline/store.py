@@ -18,10 +18,10 @@ import datetime as _dt
 import fcntl
 import json
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -55,7 +55,7 @@ class StoreSpec:
 
 
 def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 def software_versions() -> dict:
@@ -131,15 +131,19 @@ def _check_schema(attrs, path: Path) -> None:
 
 def _check_same(group, spec: StoreSpec, path: Path) -> None:
     attrs = dict(group.attrs)
-    wanted = json.loads(json.dumps({
-        "split": spec.split,
-        "manifest_sha256": spec.manifest_sha256,
-        "size": spec.size,
-        "n": len(spec.ids),
-        "maps": list(spec.maps),
-        "models": spec.models,
-        "preprocessing": spec.preprocessing,
-    }))  # compare as stored: JSON turns tuples into lists
+    wanted = json.loads(
+        json.dumps(
+            {
+                "split": spec.split,
+                "manifest_sha256": spec.manifest_sha256,
+                "size": spec.size,
+                "n": len(spec.ids),
+                "maps": list(spec.maps),
+                "models": spec.models,
+                "preprocessing": spec.preprocessing,
+            }
+        )
+    )  # compare as stored: JSON turns tuples into lists
     diff = [k for k, v in wanted.items() if attrs.get(k) != v]
     if diff:
         detail = "; ".join(f"{k}: store has {attrs.get(k)!r}, this run {wanted[k]!r}" for k in diff)

@@ -32,7 +32,9 @@ def export_h5(src: Path, out: Path, *, done_only: bool = True) -> int:
             src_arr = group[name]
             shape = (len(rows), *src_arr.shape[1:])
             chunks = (1, *src_arr.shape[1:]) if len(rows) else None
-            dst = f.create_dataset(name, shape=shape, dtype=src_arr.dtype, chunks=chunks, compression="gzip", compression_opts=1)
+            dst = f.create_dataset(
+                name, shape=shape, dtype=src_arr.dtype, chunks=chunks, compression="gzip", compression_opts=1
+            )
             for j, i in enumerate(rows):  # one sample at a time: bounded memory
                 dst[j] = src_arr[int(i)]
     tmp.replace(out)  # never a half-written file under the final name

@@ -11,7 +11,9 @@ def run(*args, cwd):
 def test_user_errors_are_one_line(tmp_path):
     res = run("stage", "run", "depth", "--set", 'manifest="missing.jsonl"', cwd=tmp_path)
     assert res.returncode == 1
-    assert res.stderr.strip() == "error: missing.jsonl: manifest not found (make one with `pdfnet-pipeline data manifest`)"
+    assert (
+        res.stderr.strip() == "error: missing.jsonl: manifest not found (make one with `pdfnet-pipeline data manifest`)"
+    )
     res = run("stage", "run", "train", "--set", "epochs=x", cwd=tmp_path)
     assert res.returncode == 2 and res.stderr.strip() == "error: stages/train.toml: epochs: expected int, got 'x'"
     res = run("stage", "run", "nope", cwd=tmp_path)

@@ -51,7 +51,7 @@ def test_overrides_parse_toml_values():
 
 
 def test_stage_file_profiles(tmp_path):
-    (tmp_path / "s.toml").write_text('lr = 1e-5\n[inner]\nsize = 1024\n[profiles.smoke.inner]\nsize = 64\n')
+    (tmp_path / "s.toml").write_text("lr = 1e-5\n[inner]\nsize = 1024\n[profiles.smoke.inner]\nsize = 64\n")
     assert load_stage_dict("s", stages_dir=tmp_path)["inner"]["size"] == 1024
     assert load_stage_dict("s", "smoke", ["lr=2e-4"], stages_dir=tmp_path) == {"lr": 2e-4, "inner": {"size": 64}}
     with pytest.raises(ConfigError, match="no profile 'fast'"):

@@ -125,6 +125,7 @@ def test_exif_orientation_applied_consistently(tmp_path, car_rgb):
 
 def _header_only_png(path, width: int, height: int):
     """A PNG whose header claims width x height, with (almost) no pixel data behind it."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 

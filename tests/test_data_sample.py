@@ -32,4 +32,6 @@ def test_sample_objects_are_thin_and_non_square():
         assert image.shape == (h, w, 3)
     assert seen == set(KINDS)
     other, _, _ = make_sample(1, "DIS-TR", 0)
-    assert other.shape != make_sample(0, "DIS-TR", 0)[0].shape or not np.array_equal(other, make_sample(0, "DIS-TR", 0)[0])
+    assert other.shape != make_sample(0, "DIS-TR", 0)[0].shape or not np.array_equal(
+        other, make_sample(0, "DIS-TR", 0)[0]
+    )

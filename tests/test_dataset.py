@@ -8,12 +8,11 @@ import numpy as np
 import pytest
 import torch
 import zarr
+from train_fixtures import DEPTHS, random_store, write_store
 
-from pdfnet_pipeline.errors import UserError
 from pdfnet_pipeline.data import augment as A
 from pdfnet_pipeline.data.dataset import DataConfig, EpochSampler, ShardSampler, StoreDataset, make_loader, to_device
-
-from train_fixtures import DEPTHS, random_store, write_store
+from pdfnet_pipeline.errors import UserError
 
 NO_AUG = A.AugmentConfig(hflip=0, rotate=0, enhance=0, grayscale=0, crop=0)
 
@@ -53,7 +52,9 @@ def test_only_done_samples_from_all_stores(stores):
 
 
 def test_validation_reads_large_depth_unaugmented(stores):
-    ds = StoreDataset(list(stores), train=False, augment=A.AugmentConfig(), allow_incomplete=True)  # augment ignored for val
+    ds = StoreDataset(
+        list(stores), train=False, augment=A.AugmentConfig(), allow_incomplete=True
+    )  # augment ignored for val
     g = zarr.open_group(str(stores[1]), mode="r")
     for epoch in range(3):
         item = ds[(epoch, 4)]  # b1
@@ -83,8 +84,7 @@ def test_augmentation_is_applied_identically_to_every_array(tmp_path):
     yy, xx = np.mgrid[0:s, 0:s]
     pat = ((np.sin(xx / 3.0) * np.cos(yy / 5.0) + 1) * 127).astype(np.uint8)[None]
     depth = (pat / 255).astype(np.float16)
-    path = write_store(tmp_path / "p.zarr", np.repeat(pat[..., None], 3, -1), pat,
-                       {n: depth for n in DEPTHS}, ["p0"])
+    path = write_store(tmp_path / "p.zarr", np.repeat(pat[..., None], 3, -1), pat, {n: depth for n in DEPTHS}, ["p0"])
     cfg = A.AugmentConfig(enhance=0, grayscale=0)  # geometry only, so values stay comparable
     ds = StoreDataset([path], train=True, augment=cfg, seed=3)
     changed = 0

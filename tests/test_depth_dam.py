@@ -29,9 +29,7 @@ def official_get_size(width: int, height: int, target: int, multiple: int = 14) 
     return constrain(scale_w * width, target), constrain(scale_h * height, target)
 
 
-@pytest.mark.parametrize(
-    "arch,expected", [("small", 24_785_089), ("base", 97_470_785), ("large", 335_315_649)]
-)
+@pytest.mark.parametrize("arch,expected", [("small", 24_785_089), ("base", 97_470_785), ("large", 335_315_649)])
 def test_architecture_parameter_counts_match_the_released_models(arch, expected):
     from transformers import DepthAnythingForDepthEstimation
 

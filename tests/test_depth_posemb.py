@@ -21,8 +21,12 @@ def official_interpolate_pos_encoding(self, embeddings, height, width):
         return self.position_embeddings
     cls, pos = self.position_embeddings[:, :1], self.position_embeddings[:, 1:]
     dim, p, m = embeddings.shape[-1], self.patch_embeddings.patch_size[0], int(math.sqrt(n))
-    pos = nn.functional.interpolate(pos.reshape(1, m, m, dim).permute(0, 3, 1, 2).float(), mode="bicubic",
-                                    antialias=False, scale_factor=((height // p + 0.1) / m, (width // p + 0.1) / m))
+    pos = nn.functional.interpolate(
+        pos.reshape(1, m, m, dim).permute(0, 3, 1, 2).float(),
+        mode="bicubic",
+        antialias=False,
+        scale_factor=((height // p + 0.1) / m, (width // p + 0.1) / m),
+    )
     return torch.cat((cls, pos.permute(0, 2, 3, 1).reshape(1, -1, dim)), dim=1)
 
 

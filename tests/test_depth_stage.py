@@ -39,9 +39,20 @@ def data(tmp_path_factory):
 def small_cfg(data: Path, stores: Path, **over) -> stage.Config:
     tiny = stage.ModelSpec("tiny", "random")
     base = stage.Config(
-        manifest=data / "m.jsonl", stores=stores, splits=["DIS-VD"], size=32, input_size=28,
-        supervision_size=50, models=stage.Models(tiny, tiny, tiny), batch_size=2, workers=0,
-        write_threads=2, device="cpu", dtype="float32", progress=False, draft=False,
+        manifest=data / "m.jsonl",
+        stores=stores,
+        splits=["DIS-VD"],
+        size=32,
+        input_size=28,
+        supervision_size=50,
+        models=stage.Models(tiny, tiny, tiny),
+        batch_size=2,
+        workers=0,
+        write_threads=2,
+        device="cpu",
+        dtype="float32",
+        progress=False,
+        draft=False,
     )
     return replace(base, **over)
 
@@ -163,8 +174,8 @@ def test_a_store_from_another_manifest_is_refused(data, reference, tmp_path):
     write_manifest(m, tmp_path / "other.jsonl")
     with pytest.raises(stage.DepthStageError, match="manifest_sha256"):
         stage.run(small_cfg(data, reference.parent, manifest=tmp_path / "other.jsonl"))
-    g = store.open_read(reference)
-    g.attrs  # untouched
+    # untouched: still the first manifest's store
+    assert store.open_read(reference).attrs["manifest_sha256"] == read_manifest(data / "m.jsonl").split_hash("DIS-VD")
     assert store.split_status(reference)["done"] == N
 
 
@@ -222,8 +233,17 @@ def test_torchrun_two_gloo_ranks_write_each_sample_exactly_once(data, reference,
     script = tmp_path / "run.py"
     script.write_text(TORCHRUN)
     cfg = small_cfg(data, tmp_path / "stores", batch_size=1)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           str(script), json.dumps(cfgmod.to_dict(cfg)), str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        str(script),
+        json.dumps(cfgmod.to_dict(cfg)),
+        str(tmp_path),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]

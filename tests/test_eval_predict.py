@@ -27,8 +27,22 @@ def test_predict_writes_native_size_masks_and_cutouts(tmp_path, real_dir, tiny_c
         (images / name).write_bytes((real_dir / "images" / name).read_bytes())
     (images / "broken.jpg").write_bytes((real_dir / "images" / "car-1.jpg").read_bytes()[:3000])
     out = tmp_path / "out"
-    args = ["predict", str(images), "--checkpoint", str(tiny_checkpoint), "--out", str(out),
-            "--dam-weights", "random", "--dam-arch", "tiny", "--size", "256", "--device", "cpu"]
+    args = [
+        "predict",
+        str(images),
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--out",
+        str(out),
+        "--dam-weights",
+        "random",
+        "--dam-arch",
+        "tiny",
+        "--size",
+        "256",
+        "--device",
+        "cpu",
+    ]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     assert "broken.jpg" in res.output and "RANDOM-WEIGHT" in res.output

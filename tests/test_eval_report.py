@@ -32,7 +32,13 @@ def test_random_label_in_every_output(tmp_path):
     t = np.linspace(0, 1, 256)
     png = plot_curves({"DIS-VD": {"precision": 1 - t, "recall": t, "fmeasure": t * (1 - t)}}, tmp_path / "c.png", label)
     assert Image.open(png).size[0] > 800
-    row = SheetRow("x", np.zeros((40, 60, 3), np.uint8), np.ones((40, 60)), np.zeros((40, 60), np.uint8), np.zeros((40, 60), np.uint8))
+    row = SheetRow(
+        "x",
+        np.zeros((40, 60, 3), np.uint8),
+        np.ones((40, 60)),
+        np.zeros((40, 60), np.uint8),
+        np.zeros((40, 60), np.uint8),
+    )
     sheet = Image.open(contact_sheet([row, row], tmp_path / "s.png", label, side=100)).convert("RGB")
     assert sheet.size == (400, 26 + 2 * 118)
     assert sheet.getpixel((2, 2)) == (200, 0, 0)  # the red banner with the label

@@ -37,8 +37,14 @@ def built(tmp_path_factory):
 def _eval_cfg(root, manifest, ckpt, splits=SPLITS, **extra):
     from pdfnet_pipeline.eval import stage
 
-    sets = [f'stores="{root / "stores"}"', f'manifest="{manifest}"', f'run_dir="{root / "run"}"',
-            f'checkpoint="{ckpt}"', f"splits={json.dumps(splits)}", "metric_workers=1"]
+    sets = [
+        f'stores="{root / "stores"}"',
+        f'manifest="{manifest}"',
+        f'run_dir="{root / "run"}"',
+        f'checkpoint="{ckpt}"',
+        f"splits={json.dumps(splits)}",
+        "metric_workers=1",
+    ]
     sets += [f"{k}={json.dumps(v)}" for k, v in extra.items()]
     return stage, from_dict(stage.Config, load_stage_dict("eval", "smoke", sets))
 

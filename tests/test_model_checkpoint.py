@@ -5,12 +5,12 @@ import pickle
 
 import pytest
 import torch
+from test_model_refswin import PlainSwin, reference_layout_state
 from typer.testing import CliRunner
 
 from pdfnet_pipeline.model import PDFNetConfig, build_pdfnet
 from pdfnet_pipeline.model.checkpoint import CheckpointError, convert_reference, load_model, save_model
 from pdfnet_pipeline.model.pdfnet import PRESETS
-from test_model_refswin import PlainSwin, reference_layout_state
 
 TINY = PRESETS["tiny"][0]
 
@@ -143,7 +143,7 @@ def test_reference_loading_never_runs_pickled_code(tmp_path):
     torch.save({"x": _Payload()}, p)
     with pytest.raises(pickle.UnpicklingError):
         convert_reference(p, tmp_path / "out.safetensors", PDFNetConfig(preset="tiny"))
-    with pytest.raises(Exception):  # a pickle is not a project checkpoint
+    with pytest.raises(CheckpointError, match="not a safetensors file"):  # a pickle is not a project checkpoint
         load_model(p)
 
 

@@ -92,8 +92,12 @@ def _integrity_by_hand(s, d, m, eps=1e-8):
             log_p = -math.log(py + eps)
             diff = (d[i][j] - mu) ** 2
             lv += log_p * (diff * fp + (1 - diff) * fn) * py  # the reference's extra Py factor
-            gx = (at(i - 1, j + 1) + 2 * at(i, j + 1) + at(i + 1, j + 1)) - (at(i - 1, j - 1) + 2 * at(i, j - 1) + at(i + 1, j - 1))
-            gy = (at(i + 1, j - 1) + 2 * at(i + 1, j) + at(i + 1, j + 1)) - (at(i - 1, j - 1) + 2 * at(i - 1, j) + at(i - 1, j + 1))
+            gx = (at(i - 1, j + 1) + 2 * at(i, j + 1) + at(i + 1, j + 1)) - (
+                at(i - 1, j - 1) + 2 * at(i, j - 1) + at(i + 1, j - 1)
+            )
+            gy = (at(i + 1, j - 1) + 2 * at(i + 1, j) + at(i + 1, j + 1)) - (
+                at(i - 1, j - 1) + 2 * at(i - 1, j) + at(i - 1, j + 1)
+            )
             lg += log_p * (abs(gx) + abs(gy))
     return (lv + lg) / (h * w)
 

@@ -68,8 +68,13 @@ def test_tiny_forward_backward_at_256(tiny_batch):
     torch.testing.assert_close(total.detach(), parts)
     total.backward()
     params = dict(model.named_parameters())
-    for name in ("encoder.swin.patch_embed.proj.weight", "decoder.FSE_mix.3.IP.Att.in_proj_weight",
-                 "decoder.Bside.0.weight", "depth_decoder.Bside.4.weight", "adapters.Glob.0.0.weight"):
+    for name in (
+        "encoder.swin.patch_embed.proj.weight",
+        "decoder.FSE_mix.3.IP.Att.in_proj_weight",
+        "decoder.Bside.0.weight",
+        "depth_decoder.Bside.4.weight",
+        "adapters.Glob.0.0.weight",
+    ):
         grad = params[name].grad
         assert grad is not None and grad.abs().sum() > 0, name
     # patch pass detached: the patch-only encoder features get no gradient from it

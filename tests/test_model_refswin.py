@@ -91,7 +91,9 @@ class PlainMerge(nn.Module):
 class PlainStage(nn.Module):
     def __init__(self, dim, depth, heads, window, last):
         super().__init__()
-        self.blocks = nn.ModuleList(PlainBlock(dim, heads, window, 0 if i % 2 == 0 else window // 2) for i in range(depth))
+        self.blocks = nn.ModuleList(
+            PlainBlock(dim, heads, window, 0 if i % 2 == 0 else window // 2) for i in range(depth)
+        )
         self.downsample = None if last else PlainMerge(dim)
 
 
@@ -195,7 +197,9 @@ def reference_layout_state(plain: "PlainSwin", spec: SwinSpec, donor: nn.Module)
     ref = {f"encoder.{k}": v.clone() for k, v in plain.state_dict().items()}
     for i, depth in enumerate(spec.depths):
         for j in range(depth):
-            ref[f"encoder.layers.{i}.blocks.{j}.attn.relative_position_index"] = relative_position_index(spec.window_size)
+            ref[f"encoder.layers.{i}.blocks.{j}.attn.relative_position_index"] = relative_position_index(
+                spec.window_size
+            )
     for k, v in donor.state_dict().items():
         if not k.startswith("encoder."):
             ref[k.removeprefix("adapters.")] = v.clone()

@@ -73,21 +73,26 @@ def test_write_sample_round_trips_and_marks_done_last(tmp_path):
         assert np.array_equal(r[f"depth/{m}"][1], d.astype(np.float16))
     assert store.done_indices(r).tolist() == [1]
     # A failing write leaves the sample not done.
-    with pytest.raises(Exception):
+    with pytest.raises(KeyError, match="depth/nope"):
         store.write_sample(g, 2, img, msk, {"small": depths["small"], "nope": depths["base"]})
     assert store.done_indices(store.open_read(path)).tolist() == [1]
     st = store.split_status(path)
     assert (st["split"], st["n"], st["done"], st["complete"], st["size"]) == ("DIS-VD", 3, 1, False, 16)
     assert st["models"] == {"small": "random"}
     assert store.split_status(tmp_path / "DIS-TE1.zarr") == {
-        "path": str(tmp_path / "DIS-TE1.zarr"), "split": "DIS-TE1", "exists": False, "n": 0, "done": 0, "complete": False
+        "path": str(tmp_path / "DIS-TE1.zarr"),
+        "split": "DIS-TE1",
+        "exists": False,
+        "n": 0,
+        "done": 0,
+        "complete": False,
     }
 
 
 def test_create_never_overwrites(tmp_path):
     path = tmp_path / "s.zarr"
     store.create(path, spec())
-    with pytest.raises(Exception):
+    with pytest.raises(FileExistsError, match="already contains data"):
         store.create(path, spec())
 
 

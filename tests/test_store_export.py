@@ -14,14 +14,24 @@ from pdfnet_pipeline.cli import app
 
 def test_export_h5_copies_done_samples_and_provenance(tmp_path):
     path = tmp_path / "DIS-VD.zarr"
-    spec = store.StoreSpec("DIS-VD", ["a", "b", "c"], [(5, 6), (7, 8), (9, 10)], 8, "e" * 64,
-                           maps=("small", "large_1024"), models={"small": {"weights": "random"}})
+    spec = store.StoreSpec(
+        "DIS-VD",
+        ["a", "b", "c"],
+        [(5, 6), (7, 8), (9, 10)],
+        8,
+        "e" * 64,
+        maps=("small", "large_1024"),
+        models={"small": {"weights": "random"}},
+    )
     g = store.create(path, spec)
     rng = np.random.default_rng(0)
     rows = {}
     for i in (0, 2):
-        rows[i] = (rng.integers(0, 256, (8, 8, 3), dtype=np.uint8), rng.integers(0, 256, (8, 8), dtype=np.uint8),
-                   {m: rng.random((8, 8)).astype(np.float16) for m in spec.maps})
+        rows[i] = (
+            rng.integers(0, 256, (8, 8, 3), dtype=np.uint8),
+            rng.integers(0, 256, (8, 8), dtype=np.uint8),
+            {m: rng.random((8, 8)).astype(np.float16) for m in spec.maps},
+        )
         store.write_sample(g, i, *rows[i])
     result = CliRunner().invoke(app, ["store", "export", str(path), "--out", str(tmp_path / "vd.h5")])
     assert result.exit_code == 0, result.output

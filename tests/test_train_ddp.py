@@ -11,14 +11,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import load_file
+from train_fixtures import ToyNet, random_store
 
 from pdfnet_pipeline.data.dataset import DataConfig
 from pdfnet_pipeline.model import PDFNetConfig
 from pdfnet_pipeline.train.loop import train
 from pdfnet_pipeline.train.optim import OptimConfig
 from pdfnet_pipeline.train.stage import Config
-
-from train_fixtures import ToyNet, random_store
 
 TESTS = Path(__file__).resolve().parent
 
@@ -38,8 +37,17 @@ Path({tmp!r}, "rank" + os.environ["RANK"] + ".json").write_text(json.dumps(resul
 
 def make_cfg(tmp: Path, name: str, batch: int) -> Config:
     data = DataConfig(train_stores=[tmp / "tr.zarr"], val_stores=[tmp / "vd.zarr"], workers=0)
-    return Config(run_dir=tmp / name, epochs=2, batch_size=batch, log_every=1, progress=False, val_every=1,
-                  data=data, optim=OptimConfig(lr=1e-2), model=PDFNetConfig(preset="tiny"))
+    return Config(
+        run_dir=tmp / name,
+        epochs=2,
+        batch_size=batch,
+        log_every=1,
+        progress=False,
+        val_every=1,
+        data=data,
+        optim=OptimConfig(lr=1e-2),
+        model=PDFNetConfig(preset="tiny"),
+    )
 
 
 def test_two_process_gloo_run_matches_single_process_batch_two(tmp_path):
@@ -50,7 +58,10 @@ def test_two_process_gloo_run_matches_single_process_batch_two(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(TESTS)}
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script)],
-        capture_output=True, text=True, timeout=240, env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=env,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))

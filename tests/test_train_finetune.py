@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from test_train_loop import toy, toy_cfg, weights
+from train_fixtures import random_store
 
 from pdfnet_pipeline.model import PDFNetConfig, build_pdfnet
 from pdfnet_pipeline.model.checkpoint import convert_reference, load_model, save_model
@@ -21,9 +23,6 @@ from pdfnet_pipeline.model.pdfnet import PRESETS
 from pdfnet_pipeline.train import checkpoint as ckpt
 from pdfnet_pipeline.train.loop import train
 from pdfnet_pipeline.train.optim import OptimConfig, build_optimizer
-
-from test_train_loop import toy, toy_cfg, weights
-from train_fixtures import random_store
 
 TINY = PDFNetConfig(preset="tiny", backbone_weights="random")
 
@@ -81,8 +80,9 @@ def test_init_from_run_dir_checkpoints_dir_or_checkpoint_dir(tmp_path, store):
     source = tiny_model(123)
     opt = build_optimizer(source, OptimConfig(), torch.device("cpu"))
     run = tmp_path / "old_run"
-    step = ckpt.save_checkpoint(run / "checkpoints", source, opt, None, ckpt.TrainState(step=5),
-                                config={}, model_config=asdict(TINY))
+    step = ckpt.save_checkpoint(
+        run / "checkpoints", source, opt, None, ckpt.TrainState(step=5), config={}, model_config=asdict(TINY)
+    )
     assert step == run / "checkpoints" / "step_00000005"
     expected = {k: v.clone() for k, v in source.state_dict().items()}
     for i, where in enumerate((run, run / "checkpoints", step)):
@@ -143,14 +143,17 @@ def test_init_from_a_converted_reference_checkpoint(tmp_path, store):
 
 # ---- run directory safety (ToyNet: only the loop's bookkeeping matters) ----
 
+
 def _hashes(run_dir: Path) -> dict:
     return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(run_dir.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture()
 def stores5(tmp_path):
-    return (random_store(tmp_path / "tr5.zarr", n=5, size=32, seed=1),
-            random_store(tmp_path / "vd5.zarr", n=3, size=32, seed=2, prefix="v"))
+    return (
+        random_store(tmp_path / "tr5.zarr", n=5, size=32, seed=1),
+        random_store(tmp_path / "vd5.zarr", n=3, size=32, seed=2, prefix="v"),
+    )
 
 
 def test_fresh_run_refuses_a_run_dir_with_checkpoints(tmp_path, stores5):

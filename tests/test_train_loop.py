@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from train_fixtures import DEPTHS, ToyNet, ToyOutput, random_store, write_store
 
 from pdfnet_pipeline import config as cfgmod
 from pdfnet_pipeline.data.dataset import DataConfig, EpochSampler
@@ -18,14 +19,20 @@ from pdfnet_pipeline.train.loop import NonFiniteError, train
 from pdfnet_pipeline.train.optim import OptimConfig
 from pdfnet_pipeline.train.stage import Config
 
-from train_fixtures import DEPTHS, ToyNet, ToyOutput, random_store, write_store
-
 
 def toy_cfg(tmp: Path, train_stores, val_stores=(), **kw) -> Config:
     data = DataConfig(train_stores=list(train_stores), val_stores=list(val_stores), workers=kw.pop("workers", 0))
-    return Config(run_dir=tmp / kw.pop("name", "run"), epochs=kw.pop("epochs", 2), log_every=1, progress=False,
-                  val_every=1 if val_stores else 0, data=data, optim=OptimConfig(lr=kw.pop("lr", 1e-2)),
-                  model=PDFNetConfig(preset="tiny", backbone_weights="random"), **kw)
+    return Config(
+        run_dir=tmp / kw.pop("name", "run"),
+        epochs=kw.pop("epochs", 2),
+        log_every=1,
+        progress=False,
+        val_every=1 if val_stores else 0,
+        data=data,
+        optim=OptimConfig(lr=kw.pop("lr", 1e-2)),
+        model=PDFNetConfig(preset="tiny", backbone_weights="random"),
+        **kw,
+    )
 
 
 def toy(dropout=0.0, seed=0):
@@ -42,8 +49,10 @@ def weights(run_dir: Path) -> dict:
 
 @pytest.fixture()
 def stores(tmp_path):
-    return (random_store(tmp_path / "tr.zarr", n=5, size=32, seed=1),
-            random_store(tmp_path / "vd.zarr", n=3, size=32, seed=2, prefix="v"))
+    return (
+        random_store(tmp_path / "tr.zarr", n=5, size=32, seed=1),
+        random_store(tmp_path / "vd.zarr", n=3, size=32, seed=2, prefix="v"),
+    )
 
 
 def test_resume_continues_bit_exactly(tmp_path, stores):
@@ -55,14 +64,20 @@ def test_resume_continues_bit_exactly(tmp_path, stores):
     assert part.state.step == 4 and part.state.epoch == 1 and part.state.position == 2
     # mid-epoch, the position only means the same samples with the same accumulation / batch / world
     with pytest.raises(ckpt.CheckpointError, match=r"cannot resume mid-epoch.*'accum_steps': \(2, 1\)"):
-        train(toy_cfg(tmp_path, *[[s] for s in stores], name="cut", resume=True, **dict(kw, accum_steps=1)), model=toy(0.3))
+        train(
+            toy_cfg(tmp_path, *[[s] for s in stores], name="cut", resume=True, **dict(kw, accum_steps=1)),
+            model=toy(0.3),
+        )
     rest = train(toy_cfg(tmp_path, *[[s] for s in stores], name="cut", resume=True, **kw), model=toy(0.3, seed=99))
     assert part.losses + rest.losses == full.losses  # bit-exact floats
     assert rest.val == full.val[1:]
     wf, wr = weights(tmp_path / "full"), weights(tmp_path / "cut")
     assert all(torch.equal(wf[k], wr[k]) for k in wf)
-    steps = [json.loads(x)["step"] for x in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
-             if json.loads(x)["kind"] == "step"]
+    steps = [
+        json.loads(x)["step"]
+        for x in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
+        if json.loads(x)["kind"] == "step"
+    ]
     assert steps == [1, 2, 3, 4, 5, 6]
     # a different seed would not give these losses: the comparison can fail
     other = train(toy_cfg(tmp_path, *[[s] for s in stores], name="other", seed=1, **kw), model=toy(0.3))
@@ -149,7 +164,7 @@ def test_nonfinite_gradients_with_finite_loss_stop_naming_step_and_samples(tmp_p
     assert len(first.losses) == good_steps and all(np.isfinite(first.losses))
     ckdir = tmp_path / "run" / "checkpoints"
     before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in ckdir.rglob("*") if p.is_file()}
-    window = [f"id{i}" for i in order[2 // accum * accum: 2 // accum * accum + accum]]
+    window = [f"id{i}" for i in order[2 // accum * accum : 2 // accum * accum + accum]]
     assert f"id{bad}" in window
     with pytest.raises(NonFiniteError) as err:
         train(toy_cfg(tmp_path, [path], resume=True, accum_steps=accum), model=GradBomb())
@@ -174,8 +189,10 @@ def test_max_steps_at_an_epochs_end_then_resume_matches_the_uninterrupted_log(tm
 
     def records(run):
         timing = {"time", "seconds", "samples_per_s"}
-        return [{k: v for k, v in json.loads(x).items() if k not in timing}
-                for x in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+        return [
+            {k: v for k, v in json.loads(x).items() if k not in timing}
+            for x in (tmp_path / run / "metrics.jsonl").read_text().splitlines()
+        ]
 
     assert records("cut") == records("full") and len(records("full")) == 12  # 2 x (5 steps + epoch)
     assert "train_loss" in records("cut")[5] and "val_max_f" in records("cut")[5]

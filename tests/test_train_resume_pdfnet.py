@@ -8,14 +8,13 @@ import json
 
 import torch
 from safetensors.torch import load_file
+from train_fixtures import sample_store
 
 from pdfnet_pipeline.data.dataset import DataConfig
 from pdfnet_pipeline.model import PDFNetConfig
 from pdfnet_pipeline.train.loop import train
 from pdfnet_pipeline.train.optim import OptimConfig
 from pdfnet_pipeline.train.stage import Config
-
-from train_fixtures import sample_store
 
 
 def test_tiny_pdfnet_resume_is_bit_exact(tmp_path):
@@ -24,11 +23,20 @@ def test_tiny_pdfnet_resume_is_bit_exact(tmp_path):
 
     def cfg(name: str, **kw) -> Config:
         kw = {"max_steps": 3, **kw}
-        return Config(run_dir=tmp_path / name, epochs=2, device="cpu", precision="float32",
-                      log_every=1, progress=False, val_every=1, val_images=0,
-                      data=DataConfig(train_stores=[tr], val_stores=[vd], workers=0),
-                      optim=OptimConfig(lr=1e-3),
-                      model=PDFNetConfig(preset="tiny", backbone_weights="random", drop_path=0.1), **kw)
+        return Config(
+            run_dir=tmp_path / name,
+            epochs=2,
+            device="cpu",
+            precision="float32",
+            log_every=1,
+            progress=False,
+            val_every=1,
+            val_images=0,
+            data=DataConfig(train_stores=[tr], val_stores=[vd], workers=0),
+            optim=OptimConfig(lr=1e-3),
+            model=PDFNetConfig(preset="tiny", backbone_weights="random", drop_path=0.1),
+            **kw,
+        )
 
     full = train(cfg("full"))
     part = train(cfg("cut", max_steps=1))

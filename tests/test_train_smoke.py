@@ -3,22 +3,29 @@
 from __future__ import annotations
 
 import pytest
+from train_fixtures import sample_store
 
 from pdfnet_pipeline import config as cfgmod
 from pdfnet_pipeline.train.loop import train
 from pdfnet_pipeline.train.stage import Config
-
-from train_fixtures import sample_store
 
 
 @pytest.mark.slow
 def test_smoke_profile_learns_on_generated_sample(tmp_path):
     tr = sample_store(tmp_path / "tr.zarr", "DIS-TR", 4, 256)
     vd = sample_store(tmp_path / "vd.zarr", "DIS-VD", 2, 256)
-    raw = cfgmod.load_stage_dict("train", "smoke", [
-        f'data.train_stores=["{tr}"]', f'data.val_stores=["{vd}"]', f'run_dir="{tmp_path / "run"}"',
-        "epochs=4", "progress=false", "data.workers=0",
-    ])
+    raw = cfgmod.load_stage_dict(
+        "train",
+        "smoke",
+        [
+            f'data.train_stores=["{tr}"]',
+            f'data.val_stores=["{vd}"]',
+            f'run_dir="{tmp_path / "run"}"',
+            "epochs=4",
+            "progress=false",
+            "data.workers=0",
+        ],
+    )
     result = train(cfgmod.from_dict(Config, raw))
     losses = result.losses
     assert len(losses) == 16

@@ -18,12 +18,25 @@ from pdfnet_pipeline import store
 DEPTHS = ("small", "base", "large", "large_1024")
 
 
-def write_store(path: Path, images: np.ndarray, masks: np.ndarray, depths: dict[str, np.ndarray],
-                ids: list[str], done: np.ndarray | None = None, split: str = "DIS-TR") -> Path:
+def write_store(
+    path: Path,
+    images: np.ndarray,
+    masks: np.ndarray,
+    depths: dict[str, np.ndarray],
+    ids: list[str],
+    done: np.ndarray | None = None,
+    split: str = "DIS-TR",
+) -> Path:
     """A store through store.py (the real layout and attributes); `done` marks which samples exist."""
     n, s = images.shape[0], images.shape[1]
-    spec = store.StoreSpec(split=split, ids=list(ids), orig_sizes=[(s, s)] * n, size=s, manifest_sha256="test",
-                           models={"small": "synthetic", "base": "synthetic", "large": "synthetic"})
+    spec = store.StoreSpec(
+        split=split,
+        ids=list(ids),
+        orig_sizes=[(s, s)] * n,
+        size=s,
+        manifest_sha256="test",
+        models={"small": "synthetic", "base": "synthetic", "large": "synthetic"},
+    )
     group = store.create(Path(path), spec)
     done = np.ones(n, bool) if done is None else done
     for i in np.flatnonzero(done):

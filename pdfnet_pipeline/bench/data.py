@@ -55,8 +55,12 @@ class FileDataset(Dataset):
         target = (self._load(f"{sid}_large_1024.png", "L") / 255).astype(np.float16)
         params = aug.sample_params(rng, self.cfg, self.size)
         image, mask, (depth, target) = aug.apply(params, image, mask, [depth, target])
-        return {"image": torch.from_numpy(np.array(image)), "mask": torch.from_numpy(np.array(mask)),
-                "depth": torch.from_numpy(np.array(depth)), "depth_target": torch.from_numpy(np.array(target))}
+        return {
+            "image": torch.from_numpy(np.array(image)),
+            "mask": torch.from_numpy(np.array(mask)),
+            "depth": torch.from_numpy(np.array(depth)),
+            "depth_target": torch.from_numpy(np.array(target)),
+        }
 
 
 def _build(tmp: Path, cfg: Config) -> tuple[Path, Path, list[str]]:
@@ -66,8 +70,9 @@ def _build(tmp: Path, cfg: Config) -> tuple[Path, Path, list[str]]:
 
     ids, files = [f"b{i}" for i in range(cfg.samples)], tmp / "files"
     files.mkdir()
-    spec = store.StoreSpec(split="bench", ids=ids, orig_sizes=[(cfg.size, cfg.size)] * cfg.samples,
-                           size=cfg.size, manifest_sha256="bench")
+    spec = store.StoreSpec(
+        split="bench", ids=ids, orig_sizes=[(cfg.size, cfg.size)] * cfg.samples, size=cfg.size, manifest_sha256="bench"
+    )
     group = store.create(tmp / "bench.zarr", spec)
     for i, sid in enumerate(ids):
         image, mask, _ = make_sample(0, "DIS-TR", i)

@@ -85,9 +85,18 @@ def run(cfg: Config) -> None:
         paths = [e.image_path(m.root) for e in m.split("DIS-VD")]
         spec = stage.ModelSpec(cfg.arch, "random")
         base = stage.Config(
-            manifest=manifest, splits=["DIS-VD"], size=cfg.size, input_size=cfg.input_size,
-            maps=["small"], models=stage.Models(small=spec), device=cfg.device, dtype=cfg.dtype,
-            workers=cfg.workers, write_threads=cfg.write_threads, progress=False, seed=cfg.seed,
+            manifest=manifest,
+            splits=["DIS-VD"],
+            size=cfg.size,
+            input_size=cfg.input_size,
+            maps=["small"],
+            models=stage.Models(small=spec),
+            device=cfg.device,
+            dtype=cfg.dtype,
+            workers=cfg.workers,
+            write_threads=cfg.write_threads,
+            progress=False,
+            seed=cfg.seed,
         )
         device = stage._device(base, stage.Ranks())
         amp = stage._amp(base, device)
@@ -96,8 +105,10 @@ def run(cfg: Config) -> None:
         reference_loop(model, paths[:1], tmp / "warm", cfg, device, amp)  # warm-up
         ref_s = reference_loop(model, paths, tmp / "ref_png", cfg, device, amp)
         ref_ips = len(paths) / ref_s
-        print(f"bench depth: DAM v2 {cfg.arch} (random weights), {len(paths)} images ~1 MP, "
-              f"{cfg.size}² output, device {device}, autocast {amp or 'off (fp32)'}")
+        print(
+            f"bench depth: DAM v2 {cfg.arch} (random weights), {len(paths)} images ~1 MP, "
+            f"{cfg.size}² output, device {device}, autocast {amp or 'off (fp32)'}"
+        )
         print(f"{'path':<34}{'batch':>6}{'img/s':>10}{'vs loop':>9}")
         print(f"{'reference-style per-image loop':<34}{1:>6}{ref_ips:>10.2f}{1.0:>9.2f}")
         for b in cfg.batch_sizes:
@@ -110,6 +121,8 @@ def run(cfg: Config) -> None:
         store_path = tmp / f"stores_b{cfg.batch_sizes[-1]}" / "DIS-VD.zarr"
         per = _bytes(store_path) / len(paths)
         png = _bytes(tmp / "ref_png") / len(paths)
-        print(f"bytes/sample on disk: store {per / 1e6:.2f} MB (image+mask+1 map, {cfg.size}²; "
-              f"each extra float16 map adds ~{_bytes(store_path / 'depth') / len(paths) / 1e6:.2f} MB); "
-              f"reference 8-bit PNG {png / 1e6:.2f} MB")
+        print(
+            f"bytes/sample on disk: store {per / 1e6:.2f} MB (image+mask+1 map, {cfg.size}²; "
+            f"each extra float16 map adds ~{_bytes(store_path / 'depth') / len(paths) / 1e6:.2f} MB); "
+            f"reference 8-bit PNG {png / 1e6:.2f} MB"
+        )

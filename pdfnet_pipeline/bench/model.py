@@ -107,13 +107,18 @@ def run(cfg: Config) -> None:
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if cfg.device == "auto" else cfg.device))
+    device = torch.device(
+        "cuda"
+        if cfg.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if cfg.device == "auto" else cfg.device)
+    )
     model = build_pdfnet(PDFNetConfig(preset=cfg.preset, variant=cfg.variant)).to(device)
     dtype = "bf16 autocast" if device.type == "cuda" else "float32"
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"PDFNet {cfg.preset}/{cfg.variant}, batch 1, {name}, {dtype}")
-    print(f"{'size':>5} {'pass':<8} " + " ".join(f"{a + ' s':>16} {a + ' GiB':>18}" for a in cfg.attention) + "  baseline")
+    print(
+        f"{'size':>5} {'pass':<8} " + " ".join(f"{a + ' s':>16} {a + ' GiB':>18}" for a in cfg.attention) + "  baseline"
+    )
     for size in cfg.sizes:
         for mode in cfg.passes:
             cells = []

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-from pdfnet_pipeline.model import PDFNetConfig, build_pdfnet
 from pdfnet_pipeline.device import precision
+from pdfnet_pipeline.model import PDFNetConfig, build_pdfnet
 from pdfnet_pipeline.train.optim import OptimConfig, build_optimizer
 
 
@@ -49,10 +49,12 @@ def _measure(cfg: Config, batch: int, device: torch.device) -> tuple[float, floa
     dtype, _ = precision(device, cfg.precision)
     s = cfg.size
     image = torch.randn(batch, 3, s, s, device=device)
-    inputs = {"image": image.contiguous(memory_format=torch.channels_last) if cl else image,
-              "depth": torch.rand(batch, 1, s, s, device=device),
-              "mask": (torch.rand(batch, 1, s, s, device=device) > 0.5).float(),
-              "depth_target": torch.rand(batch, 1, s, s, device=device)}
+    inputs = {
+        "image": image.contiguous(memory_format=torch.channels_last) if cl else image,
+        "depth": torch.rand(batch, 1, s, s, device=device),
+        "mask": (torch.rand(batch, 1, s, s, device=device) > 0.5).float(),
+        "depth_target": torch.rand(batch, 1, s, s, device=device),
+    }
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     _step(run_model, opt, inputs, dtype, device)
@@ -70,8 +72,11 @@ def _measure(cfg: Config, batch: int, device: torch.device) -> tuple[float, floa
 
 
 def run(cfg: Config) -> None:
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if cfg.device == "auto" else cfg.device))
+    device = torch.device(
+        "cuda"
+        if cfg.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if cfg.device == "auto" else cfg.device)
+    )
     dtype, _ = precision(device, cfg.precision)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"training step, PDFNet {cfg.preset} at {cfg.size}², {dtype or torch.float32}, {name}")

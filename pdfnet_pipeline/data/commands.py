@@ -3,19 +3,30 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 
 def _manifest(
-    root: Annotated[Path, typer.Argument(help="Dataset root with DIS-TR, DIS-VD, DIS-TE1..4 (im/ + gt/ or images/ + masks/).")],
+    root: Annotated[
+        Path, typer.Argument(help="Dataset root with DIS-TR, DIS-VD, DIS-TE1..4 (im/ + gt/ or images/ + masks/).")
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Manifest file to write (JSONL).")],
-    split: Annotated[Optional[list[str]], typer.Option(help="Only these splits (repeatable); default: every split folder.")] = None,
-    allow_mismatch: Annotated[bool, typer.Option(help="Write the manifest even if DIS-VD/TE1..4 differ from the official name lists.")] = False,
-    skip_bad: Annotated[bool, typer.Option(help="Leave unreadable / unpaired / mis-sized files out (each reported) instead of stopping.")] = False,
-    workers: Annotated[Optional[int], typer.Option(help="Decoding processes (default: all cores, at most 8).")] = None,
-    max_pixels: Annotated[int, typer.Option(help="Refuse images with more pixels (decompression bombs).")] = 200_000_000,
+    split: Annotated[
+        list[str] | None, typer.Option(help="Only these splits (repeatable); default: every split folder.")
+    ] = None,
+    allow_mismatch: Annotated[
+        bool, typer.Option(help="Write the manifest even if DIS-VD/TE1..4 differ from the official name lists.")
+    ] = False,
+    skip_bad: Annotated[
+        bool,
+        typer.Option(help="Leave unreadable / unpaired / mis-sized files out (each reported) instead of stopping."),
+    ] = False,
+    workers: Annotated[int | None, typer.Option(help="Decoding processes (default: all cores, at most 8).")] = None,
+    max_pixels: Annotated[
+        int, typer.Option(help="Refuse images with more pixels (decompression bombs).")
+    ] = 200_000_000,
 ) -> None:
     """Scan ROOT, decode and hash every image/mask pair, check the official lists, write FILE."""
     from pdfnet_pipeline.data.manifest import ManifestError, scan, write_manifest
@@ -36,7 +47,9 @@ def _manifest(
         if result.problems and not skip_bad:
             hints.append(f"{len(result.problems)} bad file(s) (--skip-bad leaves them out)")
         if result.mismatches and not allow_mismatch:
-            hints.append(f"{len(result.mismatches)} difference(s) to the official lists (--allow-mismatch accepts them)")
+            hints.append(
+                f"{len(result.mismatches)} difference(s) to the official lists (--allow-mismatch accepts them)"
+            )
         typer.echo(f"error: no manifest written: {'; '.join(hints)}", err=True)
         raise typer.Exit(1)
     write_manifest(result.manifest, out)

@@ -113,9 +113,7 @@ def load_mask(
     path = Path(path)
     im = _decode(path, _open(path, max_pixels))
     if size is not None and im.size != tuple(size):
-        raise BadInputError(
-            path, f"mask is {im.size[0]}x{im.size[1]} but its image is {size[0]}x{size[1]}"
-        )
+        raise BadInputError(path, f"mask is {im.size[0]}x{im.size[1]} but its image is {size[0]}x{size[1]}")
     if im.mode == "L":
         return np.asarray(im)
     if im.mode == "1":

@@ -100,11 +100,7 @@ def _by_stem(folder: Path, exts: set[str]) -> dict[str, Path]:
 
 def find_splits(root: Path) -> list[str]:
     """Sub-folders of root in the split layout, DIS-5K order first."""
-    found = [
-        d.name
-        for d in root.iterdir()
-        if d.is_dir() and _find_dir(d, IMAGE_DIRS) and _find_dir(d, MASK_DIRS)
-    ]
+    found = [d.name for d in root.iterdir() if d.is_dir() and _find_dir(d, IMAGE_DIRS) and _find_dir(d, MASK_DIRS)]
     order = {s: i for i, s in enumerate(DIS_SPLITS)}
     return sorted(found, key=lambda s: (order.get(s, 99), s))
 
@@ -187,9 +183,7 @@ def scan(
         raise ManifestError(f"{root}: dataset root not found")
     splits = splits or find_splits(root)
     if not splits:
-        raise ManifestError(
-            f"{root}: no split folders with im/ + gt/ (or images/ + masks/) found"
-        )
+        raise ManifestError(f"{root}: no split folders with im/ + gt/ (or images/ + masks/) found")
     jobs, problems, mismatches, notes = [], [], [], []
     for split in splits:
         pairs, split_problems = _pair_split(root, split)
@@ -197,7 +191,9 @@ def scan(
         stems = {s for s, _, _ in pairs} | {p.path.stem for p in split_problems if p.path.is_file()}
         mismatches += check_official(split, stems, official_dir)
         if is_custom_split(split, stems, official_dir):
-            notes.append(f"{split}: none of the {len(official_names(split, official_dir))} official names: checked as a custom split")
+            notes.append(
+                f"{split}: none of the {len(official_names(split, official_dir))} official names: checked as a custom split"
+            )
         jobs += [(split, s, root, im, gt, max_pixels) for s, im, gt in pairs]
     workers = workers or min(8, os.cpu_count() or 1)
     bar = dict(total=len(jobs), desc="verify", unit="img", disable=not progress)

@@ -115,8 +115,11 @@ def _draw_perforated(d: ImageDraw.ImageDraw, rng: np.random.Generator, w: int, h
         d.ellipse([x - hole, y - hole, x + hole, y + hole], fill=0)
     for k in range(12):  # thin spokes sticking out
         a = 2 * math.pi * k / 12
-        d.line([cx + r * math.cos(a), cy + r * math.sin(a), cx + 1.3 * r * math.cos(a),
-                cy + 1.3 * r * math.sin(a)], fill=255, width=2)
+        d.line(
+            [cx + r * math.cos(a), cy + r * math.sin(a), cx + 1.3 * r * math.cos(a), cy + 1.3 * r * math.sin(a)],
+            fill=255,
+            width=2,
+        )
 
 
 DRAW = {

@@ -97,7 +97,7 @@ def _offline_message(source: str, arch: str, err: Exception) -> str:
         f"`huggingface-cli download {HUB_IDS.get(arch, source)} --local-dir DIR`, copy DIR here and "
         f"set the model's weights to DIR (e.g. --set models.{arch}.weights=DIR); (2) fill the "
         f"Hugging Face cache (HF_HOME) with that repository; (3) for a test run without real "
-        f"depth use weights = \"random\"."
+        f'depth use weights = "random".'
     )
 
 
@@ -142,7 +142,11 @@ def load_dam(
             prov = {"arch": arch, "weights": str(local.resolve()), "revision": None}
         else:
             model = _from_hub(source, revision, allow_download, kwargs)
-            prov = {"arch": arch, "weights": source, "revision": getattr(model.config, "_commit_hash", None) or revision}
+            prov = {
+                "arch": arch,
+                "weights": source,
+                "revision": getattr(model.config, "_commit_hash", None) or revision,
+            }
     except OSError as err:
         raise DamWeightsError(_offline_message(source, arch, err)) from err
     _check_arch(model, arch, source)

@@ -45,7 +45,9 @@ def _check_image_size(path: Path, got: tuple[int, int], want: tuple[int, int]) -
     if got not in ok:
         from pdfnet_pipeline.data.images import BadInputError
 
-        raise BadInputError(path, f"image is {got[0]}x{got[1]} but the manifest says {want[0]}x{want[1]} (file changed?)")
+        raise BadInputError(
+            path, f"image is {got[0]}x{got[1]} but the manifest says {want[0]}x{want[1]} (file changed?)"
+        )
 
 
 def prepare(entry, root: Path, prep: Prep) -> dict:

@@ -119,7 +119,10 @@ def load_models(cfg: Config) -> tuple[dict, dict]:
             continue
         spec: ModelSpec = getattr(cfg.models, name)
         models[name], prov[name] = dam.load_dam(
-            spec.arch, spec.weights, revision=spec.revision or None, seed=cfg.seed + k,
+            spec.arch,
+            spec.weights,
+            revision=spec.revision or None,
+            seed=cfg.seed + k,
             allow_download=cfg.allow_download,
         )
     out_prov = {m: prov[m] for m in cfg.maps if m in MODEL_MAPS}
@@ -215,8 +218,13 @@ def _compute(group, entries, root: Path, cfg: Config, ranks: Ranks, models: dict
         return 0, []
     skipped: list[str] = []
     writer = Writer(group, cfg.write_threads, max_pending=2 * cfg.batch_size)
-    bar = tqdm(total=sum(int((~done[b]).sum()) for b in todo), desc=group.attrs["split"], unit="img",
-               disable=not cfg.progress or ranks.rank != 0, file=sys.stderr)
+    bar = tqdm(
+        total=sum(int((~done[b]).sum()) for b in todo),
+        desc=group.attrs["split"],
+        unit="img",
+        disable=not cfg.progress or ranks.rank != 0,
+        file=sys.stderr,
+    )
     try:
         for batch in _loader(entries, root, todo, cfg, device):
             failures = list(batch["errors"])

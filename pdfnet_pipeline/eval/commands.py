@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Literal, Optional
+from typing import Annotated, Literal
 
 import typer
 
@@ -22,13 +22,13 @@ def default_skeleton_cache() -> Path:
 def metrics(
     pred: Annotated[Path, typer.Option(help="Folder of prediction images (uint8, 0..255).")],
     gt: Annotated[Path, typer.Option(help="Folder of GT masks (foreground > 128).")],
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write all values here.")] = None,
-    workers: Annotated[Optional[int], typer.Option(help="Processes (default: all cores).")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write all values here.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Processes (default: all cores).")] = None,
     hce_binarize: Annotated[
         str, typer.Option(help="HCE prediction mask: 'dis' (> 128) or 'pysodmetrics' (> 0.5 after min-max).")
     ] = "dis",
     skeleton_cache: Annotated[
-        Optional[Path], typer.Option(help="GT skeleton cache folder (default: ~/.cache/pdfnet-pipeline/gt-skeletons).")
+        Path | None, typer.Option(help="GT skeleton cache folder (default: ~/.cache/pdfnet-pipeline/gt-skeletons).")
     ] = None,
     no_skeleton_cache: Annotated[
         bool, typer.Option("--no-skeleton-cache", help="Keep GT skeletons in memory only.")
@@ -46,7 +46,7 @@ def metrics(
         matched = match_dirs(pred, gt)
     except (FileNotFoundError, ValueError) as err:
         typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
     if matched.missing:
         typer.echo(f"warning: {len(matched.missing)} GT mask(s) have no prediction: "
                    + ", ".join(matched.missing), err=True)  # fmt: skip
@@ -62,7 +62,7 @@ def metrics(
         results = evaluate_pairs(matched.pairs, workers=workers, config=config)
     except (ValueError, TypeError) as err:
         typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     resized = [im.name for im in results.images if im.resized]
     if resized:
         typer.echo(f"warning: {len(resized)} prediction(s) resized to their GT's size: "

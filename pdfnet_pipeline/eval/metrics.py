@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Literal, Sequence, Union
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -31,7 +32,7 @@ import numpy as np
 from pdfnet_pipeline.eval import metrics_core as core
 from pdfnet_pipeline.eval.metrics_hce import SkeletonCache, hce
 
-ImageLike = Union[np.ndarray, str, Path]
+ImageLike = np.ndarray | str | Path
 Pair = tuple[ImageLike, ImageLike, str]
 METRIC_NAMES = ("Fmax", "Fw", "Em", "Sa", "MAE", "HCE")  # the paper's column order
 
@@ -84,7 +85,7 @@ class Results:
     e_curve: np.ndarray
 
     @classmethod
-    def from_images(cls, images: Sequence[ImageMetrics]) -> "Results":
+    def from_images(cls, images: Sequence[ImageMetrics]) -> Results:
         """Aggregate per-image results, e.g. DIS-TE from the TE1..4 images without recomputing."""
         if not images:
             raise ValueError("no images to aggregate")
@@ -120,9 +121,13 @@ class Results:
         return {
             "count": len(self.images),
             "metrics": self.summary(),
-            "curves": {"threshold": list(range(256)), "f": self.f_curve.tolist(),
-                       "precision": self.precision.tolist(), "recall": self.recall.tolist(),
-                       "e": self.e_curve.tolist()},  # fmt: skip
+            "curves": {
+                "threshold": list(range(256)),
+                "f": self.f_curve.tolist(),
+                "precision": self.precision.tolist(),
+                "recall": self.recall.tolist(),
+                "e": self.e_curve.tolist(),
+            },  # fmt: skip
             "images": [im.values() for im in self.images],
         }
 

@@ -174,9 +174,7 @@ def _ssim_pixels(pred: np.ndarray, gt: np.ndarray) -> float:
     return 1.0 if beta == 0 else 0.0
 
 
-def s_measure(
-    pred: np.ndarray, gt: np.ndarray, quads: list[np.ndarray], cyx: tuple[int, int], lv: Levels
-) -> float:
+def s_measure(pred: np.ndarray, gt: np.ndarray, quads: list[np.ndarray], cyx: tuple[int, int], lv: Levels) -> float:
     """pysodmetrics `Smeasure.cal_sm` (alpha 0.5); `pred` raw uint8, `gt` bool."""
     hist = sum(quads)
     n, n1 = int(hist.sum()), int(hist[1].sum())

@@ -137,7 +137,7 @@ def _boundary_effort(contours: tuple, mask: np.ndarray, condition: np.ndarray, o
     # Original coordinates as int64 [col, row] rows, the array the reference builds.
     xy = np.stack((cols + offset[1], rows + offset[0]), axis=1).astype(np.int64)
     points = 0
-    bounds = np.flatnonzero(np.diff(np.concatenate(([-1], run_contour, [-1])))) # group edges
+    bounds = np.flatnonzero(np.diff(np.concatenate(([-1], run_contour, [-1]))))  # group edges
     for g0, g1 in zip(bounds[:-1], bounds[1:]):
         segs = [xy[a:b] for a, b in zip(run_start[g0:g1], run_end[g0:g1])]
         if len(segs) > 1 and np.abs(segs[0][0] - segs[-1][-1]).max() == 1:

@@ -88,9 +88,15 @@ def predict_files(paths: list[Path], out: Path, predictor: Predictor) -> tuple[l
 
 def predict_command(
     images: Annotated[list[Path], typer.Argument(help="Image files and/or folders of images.")],
-    checkpoint: Annotated[Path, typer.Option(help="PDFNet checkpoint (.safetensors; convert a .pth with `model convert`).")],
-    out: Annotated[Path, typer.Option(help="Folder for <stem>.png masks and <stem>_cutout.png RGBA cut-outs.")] = Path("predictions"),
-    dam_weights: Annotated[str, typer.Option(help="DAM v2 large weights: hub, a hub id, a local folder, or random.")] = "hub",
+    checkpoint: Annotated[
+        Path, typer.Option(help="PDFNet checkpoint (.safetensors; convert a .pth with `model convert`).")
+    ],
+    out: Annotated[Path, typer.Option(help="Folder for <stem>.png masks and <stem>_cutout.png RGBA cut-outs.")] = Path(
+        "predictions"
+    ),
+    dam_weights: Annotated[
+        str, typer.Option(help="DAM v2 large weights: hub, a hub id, a local folder, or random.")
+    ] = "hub",
     dam_arch: Annotated[str, typer.Option(help="DAM v2 size for the depth input.")] = "large",
     size: Annotated[int, typer.Option(help="Network input side (multiple of 256).")] = 1024,
     tta: Annotated[bool, typer.Option(help="Flip x 3 scales test-time augmentation.")] = False,

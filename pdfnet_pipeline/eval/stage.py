@@ -20,8 +20,8 @@ from tqdm import tqdm
 
 from pdfnet_pipeline import provenance
 from pdfnet_pipeline.data.images import load_mask
-from pdfnet_pipeline.device import pick_device, precision
 from pdfnet_pipeline.data.manifest import DIS_SPLITS, read_manifest
+from pdfnet_pipeline.device import pick_device, precision
 from pdfnet_pipeline.eval.report import SheetRow, contact_sheet, plot_curves, write_tables
 from pdfnet_pipeline.eval.tta import predict_logits, to_native_uint8
 from pdfnet_pipeline.model.checkpoint import CheckpointError
@@ -104,7 +104,9 @@ def run(cfg: Config) -> dict:
     for split, path in stores.items():
         recorded = dict(open_read(path).attrs).get("manifest_sha256")
         if recorded != manifest.split_hash(split):
-            raise StoreError(f"{path} was built from another manifest than {cfg.manifest} ({split}): rebuild it or use that manifest")
+            raise StoreError(
+                f"{path} was built from another manifest than {cfg.manifest} ({split}): rebuild it or use that manifest"
+            )
     reasons = _run_random_reasons(list(stores.values()), cfg.run_dir)
     label = provenance.random_label(reasons)
     if label:

@@ -40,8 +40,15 @@ def _save(state: dict[str, torch.Tensor], cfg: PDFNetConfig, path: str | Path) -
 
 
 def read_config(path: str | Path) -> PDFNetConfig:
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
+    from safetensors import SafetensorError
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except SafetensorError as err:  # e.g. a reference .pth: never unpickled, named instead
+        raise CheckpointError(
+            f"{path}: not a safetensors file ({err}); convert a reference .pth with `pdfnet-pipeline model convert`"
+        ) from None
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a {FORMAT} checkpoint (metadata format {meta.get('format')!r})")
     fields = {f.name for f in dataclasses.fields(PDFNetConfig)}
@@ -158,9 +165,7 @@ def map_reference_state(ref: dict[str, torch.Tensor], window: int) -> tuple[dict
     return out, problems
 
 
-def convert_reference(
-    pth: str | Path, out: str | Path, cfg: PDFNetConfig | None = None
-) -> dict[str, int]:
+def convert_reference(pth: str | Path, out: str | Path, cfg: PDFNetConfig | None = None) -> dict[str, int]:
     """Convert a reference-layout checkpoint to this project's safetensors file.
 
     Loads with `weights_only=True`; maps every key; raises `CheckpointError` listing all missing,

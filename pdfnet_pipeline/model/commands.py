@@ -29,7 +29,7 @@ def info(
             model = PDFNet(PDFNetConfig(preset=preset, variant=variant))
     except ValueError as err:
         typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
     counts = parameter_counts(model)
     if as_json:
         typer.echo(json.dumps({"variant": variant, "preset": preset, **counts}))
@@ -53,5 +53,5 @@ def convert(
         stats = convert_reference(reference, out, PDFNetConfig(preset=preset, variant=variant))
     except CheckpointError as err:
         typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     typer.echo(f"wrote {out}: {stats['tensors']} tensors, {stats['parameters']:,} parameters")

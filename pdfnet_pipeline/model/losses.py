@@ -72,7 +72,9 @@ def sobel(d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return F.conv2d(d, kx, padding=1), F.conv2d(d, ky, padding=1)
 
 
-def integrity_prior_loss(prob: torch.Tensor, depth: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+def integrity_prior_loss(
+    prob: torch.Tensor, depth: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8
+) -> torch.Tensor:
     """Depth integrity-prior loss on probabilities `prob`, normalised depth and GT mask.
 
     `Py = s M + (1-s)(1-M)`, `FP = (1-Py) s`, `FN = (1-Py) M`, `L = -log(Py + eps)`,
@@ -133,7 +135,9 @@ def _pdfnet_losses(preds, depth_preds, mask, depth_target, iou_smooth):
         prob = x.sigmoid()
         structure = structure + w * structure_loss(x, mask, iou_smooth)
         ssim_term = ssim_term + w * 0.5 * ssim_loss(prob, mask)
-        integrity = integrity + w * 0.5 * integrity_prior_loss(resize_to(logits, depth_target).sigmoid(), depth_target, mask)
+        integrity = integrity + w * 0.5 * integrity_prior_loss(
+            resize_to(logits, depth_target).sigmoid(), depth_target, mask
+        )
     for i, logits in enumerate(depth_preds):
         w = 0.1 if i == 0 else 0.05
         depth = depth + w * silog_loss(resize_to(logits, depth_target).sigmoid(), depth_target)

@@ -82,7 +82,9 @@ class PDFNet(nn.Module):
     def _features(self, image: torch.Tensor, depth: torch.Tensor):
         b, _, h, w = image.shape
         if h % SIZE_MULTIPLE or w % SIZE_MULTIPLE:
-            raise ValueError(f"input {h}x{w}: H and W must be multiples of {SIZE_MULTIPLE} (8x8 tiles of stride-32 maps)")
+            raise ValueError(
+                f"input {h}x{w}: H and W must be multiples of {SIZE_MULTIPLE} (8x8 tiles of stride-32 maps)"
+            )
         depth3 = normalize_depth(depth).to(image.dtype).repeat(1, 3, 1, 1)
         half = (h // 2, w // 2)
         glob = self.encode(torch.cat([up(image, half), up(depth3, half)], dim=0))

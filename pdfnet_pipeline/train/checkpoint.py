@@ -31,9 +31,7 @@ from pdfnet_pipeline.errors import UserError
 
 STATE_VERSION = 1
 # Model-config keys that do not change the architecture (the weights fit either way).
-NON_ARCH_KEYS = frozenset(
-    {"backbone_weights", "drop_path", "patch_grad", "fused_window_attn", "materialize_attention"}
-)
+NON_ARCH_KEYS = frozenset({"backbone_weights", "drop_path", "patch_grad", "fused_window_attn", "materialize_attention"})
 
 
 class CheckpointError(UserError, RuntimeError):
@@ -143,7 +141,7 @@ def host_rng_state() -> dict:
 def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict, rank: int = 0) -> None:
     """Restore this rank's torch generators (rank 0's when the run had fewer ranks), numpy, python."""
     prefix = f"rank{rank}." if f"rank{rank}.torch" in tensors else "rank0."
-    mine = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    mine = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
     torch.set_rng_state(mine["torch"])
     cuda = [mine[k] for k in sorted((k for k in mine if k.startswith("cuda.")), key=lambda k: int(k[5:]))]
     if cuda and torch.cuda.is_available():

@@ -10,9 +10,9 @@ import os
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 
 from pdfnet_pipeline.device import pick_device  # noqa: F401  (re-exported for callers)
-import torch.distributed as dist
 
 
 @dataclass(frozen=True)

@@ -28,8 +28,8 @@ from PIL import Image, ImageDraw
 
 from pdfnet_pipeline import config as cfgmod
 from pdfnet_pipeline import provenance
-from pdfnet_pipeline.device import precision
 from pdfnet_pipeline.data.dataset import EpochSampler, ShardSampler, StoreDataset, make_loader, to_device
+from pdfnet_pipeline.device import precision
 from pdfnet_pipeline.errors import UserError
 from pdfnet_pipeline.train import checkpoint as ckpt
 from pdfnet_pipeline.train import ddp
@@ -76,7 +76,9 @@ def init_weights(model: torch.nn.Module, source: str, model_config: dict) -> Pat
     try:
         saved = asdict(read_config(path))
     except ModelCheckpointError as err:
-        raise ckpt.CheckpointError(f"init_from {source}: {err} (convert a reference .pth with `pdfnet-pipeline model convert`)") from err
+        raise ckpt.CheckpointError(
+            f"init_from {source}: {err} (convert a reference .pth with `pdfnet-pipeline model convert`)"
+        ) from err
     diff = ckpt.arch_diff(saved, model_config)
     if diff:
         raise ckpt.CheckpointError(
@@ -119,7 +121,9 @@ class RunLog:
 
         return tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, leave=False)
 
-    def save_images(self, epoch: int, ids: list[str], image: torch.Tensor, gt: torch.Tensor, pred: torch.Tensor) -> None:
+    def save_images(
+        self, epoch: int, ids: list[str], image: torch.Tensor, gt: torch.Tensor, pred: torch.Tensor
+    ) -> None:
         """image | GT | prediction side by side, one PNG per sample."""
         out = self.dir / "samples" / f"epoch_{epoch:03d}"
         out.mkdir(parents=True, exist_ok=True)
@@ -160,8 +164,15 @@ class Trainer:
         path = None
         if self.d.main:
             path = ckpt.save_checkpoint(
-                self.cfg.run_dir / "checkpoints", self.model, self.optimizer, self.scaler, self.state,
-                config=cfgmod.to_dict(self.cfg), model_config=self.model_config, keep=self.cfg.keep, rank_rng=rng,
+                self.cfg.run_dir / "checkpoints",
+                self.model,
+                self.optimizer,
+                self.scaler,
+                self.state,
+                config=cfgmod.to_dict(self.cfg),
+                model_config=self.model_config,
+                keep=self.cfg.keep,
+                rank_rng=rng,
             )
         ddp.barrier(self.d)
         return path
@@ -176,20 +187,24 @@ class Trainer:
             self.scaler.scale(loss * weight).backward()
         return loss.detach()
 
-    def optimizer_step(self, window: list[tuple[list[str], torch.Tensor, float]], total_steps: int, epoch: int) -> tuple[float, float]:
+    def optimizer_step(
+        self, window: list[tuple[list[str], torch.Tensor, float]], total_steps: int, epoch: int
+    ) -> tuple[float, float]:
         """Check the window for NaN/inf (all ranks agree), then step. Returns (loss, grad norm)."""
         if self.scaler.is_enabled():
             self.scaler.unscale_(self.optimizer)
         clip = self.cfg.optim.clip_grad if self.cfg.optim.clip_grad > 0 else float("inf")
         params = [p for p in self.model.parameters() if p.grad is not None]
         gnorm = torch.nn.utils.clip_grad_norm_(params, clip).float() if params else torch.zeros((), device=self.device)
-        loss = sum(l * w for _, l, w in window)
+        loss = sum(part * w for _, part, w in window)
         bad_loss = (~torch.isfinite(loss)).float()
         bad_grad = (~torch.isfinite(gnorm)).float() * (0.0 if self.scaler.is_enabled() else 1.0)
         packed = ddp.all_reduce(torch.stack([loss.float() / self.d.world, bad_loss, bad_grad]).to(self.device), self.d)
         if packed[1] > 0 or packed[2] > 0:
             self.optimizer.zero_grad(set_to_none=True)
-            bad_ids = [i for ids, l, _ in window if not torch.isfinite(l) for i in ids] or [i for ids, _, _ in window for i in ids]
+            bad_ids = [i for ids, part, _ in window if not torch.isfinite(part) for i in ids] or [
+                i for ids, _, _ in window for i in ids
+            ]
             what = "loss" if packed[1] > 0 else "gradients"
             raise NonFiniteError(
                 f"non-finite {what} at optimizer step {self.state.step + 1} (epoch {epoch}) on rank {self.d.rank}, "
@@ -231,8 +246,16 @@ class Trainer:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", sps=f"{rate:.2f}")
             if cfg.log_every and self.state.step % cfg.log_every == 0:
-                self.log.write(kind="step", step=self.state.step, epoch=epoch, loss=loss, lr=lr,
-                               grad_norm=gnorm, samples_per_s=rate, time=time.time())
+                self.log.write(
+                    kind="step",
+                    step=self.state.step,
+                    epoch=epoch,
+                    loss=loss,
+                    lr=lr,
+                    grad_norm=gnorm,
+                    samples_per_s=rate,
+                    time=time.time(),
+                )
             if j + 1 == micro:  # the epoch's last step (no batch left): the epoch close-out logs, validates, saves
                 continue
             if cfg.max_steps and self.state.step >= cfg.max_steps:
@@ -332,12 +355,25 @@ def _setup(cfg: Config, d: ddp.Dist, model: torch.nn.Module | None) -> Trainer:
     train_model = model
     if d.enabled:
         ids = [d.device.index] if d.device.type == "cuda" else None
-        train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=cfg.ddp_find_unused)
+        train_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=ids, find_unused_parameters=cfg.ddp_find_unused
+        )
     if cfg.compile:
         train_model = torch.compile(train_model)
     log = RunLog(cfg.run_dir, cfg, d.main, resumed)
-    return Trainer(cfg, d, model, train_model, optimizer, scaler, dtype, state, log, model_config,
-                   TrainResult(state=state, is_main=d.main))
+    return Trainer(
+        cfg,
+        d,
+        model,
+        train_model,
+        optimizer,
+        scaler,
+        dtype,
+        state,
+        log,
+        model_config,
+        TrainResult(state=state, is_main=d.main),
+    )
 
 
 def train(cfg: Config, model: torch.nn.Module | None = None) -> TrainResult:
@@ -352,15 +388,27 @@ def train(cfg: Config, model: torch.nn.Module | None = None) -> TrainResult:
 def _train(t: Trainer) -> TrainResult:
     cfg, d = t.cfg, t.d
     data = cfg.data
-    train_ds = StoreDataset(data.train_stores, train=True, seed=cfg.seed, augment=data.augment,
-                            depth_inputs=data.depth_inputs, allow_incomplete=data.allow_incomplete)
+    train_ds = StoreDataset(
+        data.train_stores,
+        train=True,
+        seed=cfg.seed,
+        augment=data.augment,
+        depth_inputs=data.depth_inputs,
+        allow_incomplete=data.allow_incomplete,
+    )
     sampler = EpochSampler(len(train_ds), shuffle=True, seed=cfg.seed, rank=d.rank, world=d.world)
     pin = d.device.type == "cuda"
     loader = make_loader(train_ds, sampler, data, cfg.batch_size, pin_memory=pin)
     val_loader = None
     if cfg.val_every and data.val_stores:
         val_ds = StoreDataset(data.val_stores, train=False, allow_incomplete=data.allow_incomplete)
-        val_loader = make_loader(val_ds, ShardSampler(len(val_ds), d.rank, d.world), dataclasses.replace(data), cfg.batch_size, pin_memory=pin)
+        val_loader = make_loader(
+            val_ds,
+            ShardSampler(len(val_ds), d.rank, d.world),
+            dataclasses.replace(data),
+            cfg.batch_size,
+            pin_memory=pin,
+        )
     per_rank = math.ceil(len(train_ds) / d.world)
     total_steps = cfg.epochs * math.ceil(math.ceil(per_rank / cfg.batch_size) / max(cfg.accum_steps, 1))
     for epoch in range(t.state.epoch, cfg.epochs):
@@ -384,7 +432,12 @@ def _train(t: Trainer) -> TrainResult:
         t.log.write(**record)
         path = t.save()
         if scores is not None and d.main and path is not None:
-            ckpt.mark_best(cfg.run_dir / "checkpoints", cfg.run_dir, path, {"max_f": scores["max_f"], "mae": scores["mae"], "step": t.state.step})
+            ckpt.mark_best(
+                cfg.run_dir / "checkpoints",
+                cfg.run_dir,
+                path,
+                {"max_f": scores["max_f"], "mae": scores["mae"], "step": t.state.step},
+            )
         if cfg.max_steps and t.state.step >= cfg.max_steps:
             break
     return t.result

@@ -41,8 +41,11 @@ class Config:
     progress: bool = True  # tqdm bar on rank 0
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    model: PDFNetConfig = field(default_factory=lambda: PDFNetConfig(
-        backbone_weights="swin_base_patch4_window12_384.ms_in22k_ft_in1k", drop_path=0.1))
+    model: PDFNetConfig = field(
+        default_factory=lambda: PDFNetConfig(
+            backbone_weights="swin_base_patch4_window12_384.ms_in22k_ft_in1k", drop_path=0.1
+        )
+    )
 
 
 def run(cfg: Config) -> None:
@@ -51,6 +54,8 @@ def run(cfg: Config) -> None:
     result = train(cfg)
     if result.is_main:
         last = result.val[-1] if result.val else {}
-        print(f"train: {result.state.step} steps, last loss {result.losses[-1] if result.losses else float('nan'):.4f}"
-              + (f", val max-F {last['max_f']:.4f} MAE {last['mae']:.4f}" if last else "")
-              + f" -> {cfg.run_dir}")
+        print(
+            f"train: {result.state.step} steps, last loss {result.losses[-1] if result.losses else float('nan'):.4f}"
+            + (f", val max-F {last['max_f']:.4f} MAE {last['mae']:.4f}" if last else "")
+            + f" -> {cfg.run_dir}"
+        )

@@ -56,7 +56,11 @@ class ValScores:
     @staticmethod
     def result(packed: torch.Tensor) -> dict[str, float]:
         n = max(packed[-1].item(), 1.0)
-        return {"max_f": (packed[:256] / n).max().item(), "mae": packed[256].item() / n, "count": int(packed[-1].item())}
+        return {
+            "max_f": (packed[:256] / n).max().item(),
+            "mae": packed[256].item() / n,
+            "count": int(packed[-1].item()),
+        }
 
 
 def to_u8(logits: torch.Tensor) -> torch.Tensor:
