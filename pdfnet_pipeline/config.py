@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from pdfnet_pipeline.errors import UserError
+from pdfnet_pipeline.runtime import OLD_PRECISION_SPELLINGS
 
 T = TypeVar("T")
 
@@ -117,7 +118,9 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         raise ConfigError("; ".join(errors))
     if origin is typing.Literal:
         if value not in args:
-            raise ConfigError(f"{where}: expected one of {list(args)}, got {value!r}")
+            new = OLD_PRECISION_SPELLINGS.get(value) if isinstance(value, str) else None
+            hint = f" ({value!r} is now spelled {new!r})" if new in args else ""
+            raise ConfigError(f"{where}: expected one of {list(args)}, got {value!r}{hint}")
         return value
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
@@ -137,8 +140,15 @@ def from_dict(cls: type[T], data: dict, where: str = "") -> T:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
+    prefix = f"{where}." if where else ""
+    renamed = getattr(cls, "RENAMED", {})  # old setting name -> new one, refused with the new name
+    old = [u for u in unknown if u in renamed]
+    if old:
+        raise ConfigError(
+            ", ".join(f"setting {prefix + u} is now {prefix + renamed[u]}" for u in old)
+            + " (same values: auto, bf16, fp16, fp32)" * any(renamed[u] == "precision" for u in old)
+        )
     if unknown:
-        prefix = f"{where}." if where else ""
         raise ConfigError(
             f"unknown setting(s) {', '.join(prefix + u for u in unknown)} (known: {', '.join(sorted(fields))})"
         )

@@ -8,11 +8,11 @@ from pathlib import Path
 
 def random_weight_reasons(stores: list[Path], model: dict, init_from: str = "") -> list[str]:
     """Why the numbers mean nothing, if they don't (empty list: real weights throughout)."""
-    import zarr
+    from pdfnet_pipeline.store import open_read
 
     reasons = set()
     for path in stores:
-        models = dict(zarr.open_group(str(path), mode="r").attrs).get("models", {})
+        models = open_read(path).models
         weights = [m.get("weights", "") if isinstance(m, dict) else m for m in models.values()]
         if any(str(w).lower() == "random" for w in weights):
             reasons.add("depth maps from randomly initialised DAM v2")

@@ -28,7 +28,11 @@ import numpy as np
 from pdfnet_pipeline.errors import UserError
 
 SCHEMA_VERSION = 1
-DEPTH_MAPS = ("small", "base", "large", "large_1024")
+# Array names: the layout's only spelling. Other modules use these constants and Store's methods.
+IMAGE, MASK, DEPTH, DONE, IDS, ORIG_SIZE = "image", "mask", "depth", "done", "ids", "orig_size"
+DEPTH_INPUTS = ("small", "base", "large")  # DAM v2 at the 518 input: the network's depth input
+SUPERVISION = "large_1024"  # DAM v2 large at the 1024 rule's input (1036): the depth supervision
+DEPTH_MAPS = (*DEPTH_INPUTS, SUPERVISION)
 
 
 class StoreError(UserError, ValueError):
@@ -80,20 +84,20 @@ def _codecs(kind: str):
     return BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle")
 
 
-def create(path: Path, spec: StoreSpec):
+def create(path: Path, spec: StoreSpec) -> Store:
     """Create the layout (fails if `path` exists: never an overwriting mode)."""
     import zarr
 
     n, s = len(spec.ids), spec.size
     root = zarr.open_group(str(path), mode="w-")
-    root.create_array("image", shape=(n, s, s, 3), chunks=(1, s, s, 3), dtype="uint8", compressors=_codecs("u8"))
-    root.create_array("mask", shape=(n, s, s), chunks=(1, s, s), dtype="uint8", compressors=_codecs("u8"))
-    depth = root.create_group("depth")
+    root.create_array(IMAGE, shape=(n, s, s, 3), chunks=(1, s, s, 3), dtype="uint8", compressors=_codecs("u8"))
+    root.create_array(MASK, shape=(n, s, s), chunks=(1, s, s), dtype="uint8", compressors=_codecs("u8"))
+    depth = root.create_group(DEPTH)
     for name in spec.maps:
         depth.create_array(name, shape=(n, s, s), chunks=(1, s, s), dtype="float16", compressors=_codecs("f16"))
-    root.create_array("done", shape=(n,), chunks=(1,), dtype="bool", fill_value=False, compressors=_codecs("done"))
-    ids = root.create_array("ids", shape=(n,), chunks=(max(n, 1),), dtype=str)
-    sizes = root.create_array("orig_size", shape=(n, 2), chunks=(max(n, 1), 2), dtype="int32")
+    root.create_array(DONE, shape=(n,), chunks=(1,), dtype="bool", fill_value=False, compressors=_codecs("done"))
+    ids = root.create_array(IDS, shape=(n,), chunks=(max(n, 1),), dtype=str)
+    sizes = root.create_array(ORIG_SIZE, shape=(n, 2), chunks=(max(n, 1), 2), dtype="int32")
     if n:
         ids[:] = np.asarray(spec.ids, dtype=str)
         sizes[:] = np.asarray(spec.orig_sizes, dtype=np.int32).reshape(n, 2)
@@ -115,7 +119,7 @@ def create(path: Path, spec: StoreSpec):
             "updated": now,
         }
     )
-    return root
+    return Store(path, "r+", root)
 
 
 def _check_schema(attrs, path: Path) -> None:
@@ -151,11 +155,11 @@ def _check_same(group, spec: StoreSpec, path: Path) -> None:
             f"{path} was built from other inputs ({detail}). Refusing to mix them: use another "
             f"stores folder or delete {path}."
         )
-    if list(group["ids"][:]) != list(spec.ids):
+    if list(group[IDS][:]) != list(spec.ids):
         raise StoreError(f"{path}: sample ids differ from the manifest's {spec.split} split")
 
 
-def open_write(path: Path, spec: StoreSpec):
+def open_write(path: Path, spec: StoreSpec) -> Store:
     """The store at `path` for (re)writing: created when missing, else checked against `spec`."""
 
     path = Path(path)
@@ -168,18 +172,20 @@ def open_write(path: Path, spec: StoreSpec):
         raise StoreError(f"{path}: incomplete store (its creation was interrupted); delete it and rerun")
     _check_schema(group.attrs, path)
     _check_same(group, spec, path)
-    return group
+    return Store(path, "r+", group)
 
 
-def open_read(path: Path | str):
-    """A store group opened read-only, schema-checked."""
+def open_read(path: Path | str, maps: tuple[str, ...] | list[str] = (), purpose: str = "") -> Store:
+    """A store opened read-only, schema-checked; refused by name when it lacks one of `maps`."""
 
     path = Path(path)
     if not path.exists():
         raise StoreError(f"{path}: no such store (run `pdfnet-pipeline stage run depth`)")
     group = _open_group(path, "r")
     _check_schema(group.attrs, path)
-    return group
+    st = Store(path, "r", group)
+    st.require(maps, purpose)
+    return st
 
 
 def _open_group(path: Path, mode: str):
@@ -192,22 +198,107 @@ def _open_group(path: Path, mode: str):
         raise StoreError(f"{path}: not a Zarr store (empty or foreign folder: {err}); delete it and rerun") from None
 
 
-def done_indices(group) -> np.ndarray:
-    return np.flatnonzero(np.asarray(group["done"][:], dtype=bool))
+@dataclass
+class Sample:
+    """One stored sample: the S x S image and mask and the requested depth maps."""
+
+    image: np.ndarray  # (S, S, 3) uint8
+    mask: np.ndarray  # (S, S) uint8
+    depth: dict[str, np.ndarray]  # map name -> (S, S) float16 in [0, 1]
 
 
-def write_sample(group, index: int, image: np.ndarray, mask: np.ndarray, depths: dict[str, np.ndarray]) -> None:
-    """All arrays of sample `index`, then its done flag (a crash in between leaves it not done)."""
-    group["image"][index] = image
-    group["mask"][index] = mask
-    for name, value in depths.items():
-        group[f"depth/{name}"][index] = value.astype(np.float16, copy=False)
-    group["done"][index] = True
+class Store:
+    """One split's store. The only reader and writer of its Zarr keys.
 
+    Pickles by path and mode and reopens lazily in the process that uses it, so a DataLoader
+    worker never touches a handle inherited from its parent."""
 
-def touch(group, **attrs) -> None:
-    """Record the end of a run (rank 0 only): `updated` plus any extra attributes."""
-    group.attrs.update({"updated": _now(), **attrs})
+    def __init__(self, path: Path, mode: str, group=None) -> None:
+        self.path, self.mode = Path(path), mode
+        self._group, self._pid = group, os.getpid() if group is not None else -1
+        attrs = dict(self.group.attrs)
+        self.attrs: dict = attrs  # a snapshot: provenance as written when opened
+        self.split: str = attrs.get("split", self.path.name.removesuffix(".zarr"))
+        self.n: int = int(self.group["done"].shape[0])
+        self.size: int = int(self.group["image"].shape[1])
+        self.maps: tuple[str, ...] = tuple(attrs.get("maps") or ())
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_group": None, "_pid": -1}
+
+    @property
+    def group(self):
+        if self._group is None or self._pid != os.getpid():
+            self._group, self._pid = _open_group(self.path, self.mode), os.getpid()
+        return self._group
+
+    # -- what it holds
+    @property
+    def manifest_sha256(self) -> str | None:
+        return self.attrs.get("manifest_sha256")
+
+    @property
+    def models(self) -> dict:
+        """Map name -> provenance of the model that computed it (arch, weights, revision)."""
+        return self.attrs.get("models", {})
+
+    @property
+    def ids(self) -> list[str]:
+        return [str(i) for i in self.group["ids"][:]]
+
+    @property
+    def orig_sizes(self) -> np.ndarray:
+        """(N, 2) int32: each sample's (H, W) after EXIF orientation."""
+        return np.asarray(self.group["orig_size"][:])
+
+    def done(self) -> np.ndarray:
+        """(N,) bool, read now (a writer may be filling the store)."""
+        return np.asarray(self.group["done"][:], dtype=bool)
+
+    def done_rows(self) -> np.ndarray:
+        return np.flatnonzero(self.done())
+
+    def require(self, maps, purpose: str = "") -> None:
+        """StoreError naming the maps this store lacks (checked at start-up, not mid-epoch)."""
+        missing = sorted(set(maps) - set(self.maps))
+        if missing:
+            why = f" ({purpose})" if purpose else ""
+            raise StoreError(
+                f"{self.path} has no depth map(s) {missing}{why}; it holds {sorted(self.maps)}: "
+                f"rebuild it with them (stage depth, maps=...) or ask for what it holds"
+            )
+
+    def require_complete(self, allow_incomplete: bool = False) -> None:
+        done = int(np.count_nonzero(self.done()))
+        if done < self.n and not allow_incomplete:
+            raise StoreError(
+                f"{self.path}: only {done}/{self.n} samples are done; finish the depth stage "
+                f"(rerun it) or allow an incomplete store (data.allow_incomplete=true)"
+            )
+
+    def sample(self, row: int, maps: tuple[str, ...] | list[str] = ()) -> Sample:
+        g = self.group
+        return Sample(g[IMAGE][row], g[MASK][row], {m: g[f"{DEPTH}/{m}"][row] for m in maps})
+
+    def arrays(self) -> dict:
+        """Name -> Zarr array of every per-sample array, in layout order (for exporters)."""
+        names = [IMAGE, MASK, *[f"{DEPTH}/{m}" for m in self.maps], DONE, ORIG_SIZE]
+        return {name: self.group[name] for name in names}
+
+    # -- writing (open_write only)
+    def write_sample(self, row: int, image: np.ndarray, mask: np.ndarray, depths: dict[str, np.ndarray]) -> None:
+        """All arrays of sample `row`, then its done flag (a crash in between leaves it not done)."""
+        g = self.group
+        g[IMAGE][row] = image
+        g[MASK][row] = mask
+        for name, value in depths.items():
+            g[f"{DEPTH}/{name}"][row] = value.astype(np.float16, copy=False)
+        g[DONE][row] = True
+
+    def touch(self, **attrs) -> None:
+        """Record the end of a run (rank 0 only): `updated` plus any extra attributes."""
+        self.group.attrs.update({"updated": _now(), **attrs})
+        self.attrs = dict(self.group.attrs)
 
 
 def lock_path(path: Path) -> Path:
@@ -243,22 +334,20 @@ def split_status(path: Path | str) -> dict:
     base = {"path": str(path), "split": path.name.removesuffix(".zarr")}
     if not path.exists():
         return {**base, "exists": False, "n": 0, "done": 0, "complete": False}
-    group = open_read(path)
-    attrs = dict(group.attrs)
-    n = int(attrs.get("n", group["done"].shape[0]))
-    done = int(np.count_nonzero(group["done"][:]))
+    st = open_read(path)
+    done = int(np.count_nonzero(st.done()))
     return {
         **base,
         "exists": True,
-        "split": attrs.get("split", base["split"]),
-        "n": n,
+        "split": st.split,
+        "n": st.n,
         "done": done,
-        "complete": done == n,
-        "size": attrs.get("size"),
-        "maps": attrs.get("maps"),
-        "models": {k: v.get("weights") for k, v in attrs.get("models", {}).items()},
-        "skipped": attrs.get("skipped", []),
-        "schema_version": attrs.get("schema_version"),
-        "created": attrs.get("created"),
-        "updated": attrs.get("updated"),
+        "complete": done == st.n,
+        "size": st.size,
+        "maps": list(st.maps),
+        "models": {k: v.get("weights") for k, v in st.models.items()},
+        "skipped": st.attrs.get("skipped", []),
+        "schema_version": st.attrs.get("schema_version"),
+        "created": st.attrs.get("created"),
+        "updated": st.attrs.get("updated"),
     }

@@ -20,16 +20,14 @@ def export_h5(src: Path, out: Path, *, done_only: bool = True) -> int:
 
     from pdfnet_pipeline import store
 
-    group = store.open_read(src)
-    rows = store.done_indices(group) if done_only else np.arange(group["done"].shape[0])
-    names = ["image", "mask", *[f"depth/{k}" for k in group.attrs.get("maps", [])], "done", "orig_size"]
+    st = store.open_read(src)
+    rows = st.done_rows() if done_only else np.arange(st.n)
     tmp = out.with_name(out.name + ".partial")
     with h5py.File(tmp, "w") as f:
-        for key, value in dict(group.attrs).items():
+        for key, value in st.attrs.items():
             f.attrs[key] = json.dumps(value)
-        f.create_dataset("ids", data=np.asarray(group["ids"][:], dtype=object)[rows], dtype=h5py.string_dtype())
-        for name in names:
-            src_arr = group[name]
+        f.create_dataset("ids", data=np.asarray(st.ids, dtype=object)[rows], dtype=h5py.string_dtype())
+        for name, src_arr in st.arrays().items():
             shape = (len(rows), *src_arr.shape[1:])
             chunks = (1, *src_arr.shape[1:]) if len(rows) else None
             dst = f.create_dataset(

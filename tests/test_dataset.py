@@ -11,8 +11,9 @@ import zarr
 from train_fixtures import DEPTHS, random_store, write_store
 
 from pdfnet_pipeline.data import augment as A
-from pdfnet_pipeline.data.dataset import DataConfig, EpochSampler, ShardSampler, StoreDataset, make_loader, to_device
-from pdfnet_pipeline.errors import UserError
+from pdfnet_pipeline.data.batch import batch_inputs
+from pdfnet_pipeline.data.dataset import DataConfig, EpochSampler, ShardSampler, StoreDataset, make_loader
+from pdfnet_pipeline.store import StoreError
 
 NO_AUG = A.AugmentConfig(hflip=0, rotate=0, enhance=0, grayscale=0, crop=0)
 
@@ -25,20 +26,28 @@ def stores(tmp_path):
 
 
 def test_incomplete_store_refused_unless_allowed(stores):
-    with pytest.raises(UserError, match=r"a.zarr: only 3/4 samples are done"):
+    with pytest.raises(StoreError, match=r"a.zarr: only 3/4 samples are done"):
         StoreDataset(list(stores), train=False)
 
 
-def test_store_without_the_needed_depth_maps_refused(stores, tmp_path):
-    import shutil
+def test_store_without_the_needed_depth_maps_refused(tmp_path):
+    path = random_store(tmp_path / "c.zarr", n=2, maps=("large", "large_1024"))
+    with pytest.raises(StoreError, match=r"c.zarr has no depth map\(s\) \['base', 'small'\] \(training"):
+        StoreDataset([path], train=True)
+    assert len(StoreDataset([path], train=False)) == 2  # validation needs only large
 
-    copy = tmp_path / "c.zarr"
-    shutil.copytree(stores[1], copy)
-    g = zarr.open_group(str(copy), mode="r+")
-    g.attrs["maps"] = ["large", "large_1024"]
-    with pytest.raises(UserError, match=r"has no depth map\(s\) \['base', 'small'\]"):
-        StoreDataset([copy], train=True, allow_incomplete=True)
-    assert len(StoreDataset([copy], train=False, allow_incomplete=True)) == 2  # validation needs only large
+
+def test_a_store_of_only_the_large_map_serves_validation(tmp_path):
+    """The bug this guards: such a store passed the start-up check for validation, then ds[0]
+    read depth/large_1024 and raised KeyError."""
+    path = random_store(tmp_path / "l.zarr", n=2, maps=("large",))
+    ds = StoreDataset([path], train=False)
+    item = ds[1]
+    g = zarr.open_group(str(path), mode="r")
+    np.testing.assert_array_equal(item["depth"].numpy(), g["depth/large"][1])
+    assert "depth_target" not in item
+    with pytest.raises(StoreError, match=r"no depth map\(s\) \['base', 'large_1024', 'small'\]"):
+        StoreDataset([path], train=True)
 
 
 def test_only_done_samples_from_all_stores(stores):
@@ -61,7 +70,7 @@ def test_validation_reads_large_depth_unaugmented(stores):
         assert item["image"].dtype == torch.uint8 and item["image"].shape == (32, 32, 3)
         assert item["depth"].dtype == torch.float16 and item["depth"].shape == (32, 32)
         np.testing.assert_array_equal(item["depth"].numpy(), g["depth/large"][1])
-        np.testing.assert_array_equal(item["depth_target"].numpy(), g["depth/large_1024"][1])
+        assert "depth_target" not in item  # validation reads no supervision map
         np.testing.assert_array_equal(item["image"].numpy(), g["image"][1])
 
 
@@ -140,10 +149,11 @@ def test_epoch_sampler_shards_and_resumes():
     assert v == [[0, 2, 4], [1, 3]]
 
 
-def test_to_device_normalises(stores):
+def test_batch_inputs_normalise(stores):
     ds = StoreDataset(list(stores), train=False, allow_incomplete=True)
     batch = torch.utils.data.default_collate([ds[0], ds[1]])
-    out = to_device(batch, torch.device("cpu"))
+    out = batch_inputs(batch, torch.device("cpu"))
+    assert sorted(out) == ["depth", "image", "mask"]  # validation: no supervision map
     assert out["image"].shape == (2, 3, 32, 32) and out["image"].dtype == torch.float32
     assert out["mask"].shape == (2, 1, 32, 32) and 0 <= out["mask"].min() and out["mask"].max() <= 1
     img = batch["image"][1, 5, 7].double() / 255

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import zarr
 from PIL import Image
 
 from pdfnet_pipeline import config as cfgmod
@@ -50,7 +51,7 @@ def small_cfg(data: Path, stores: Path, **over) -> stage.Config:
         workers=0,
         write_threads=2,
         device="cpu",
-        dtype="float32",
+        precision="fp32",
         progress=False,
         draft=False,
     )
@@ -65,13 +66,18 @@ def reference(data):
     return stores / "DIS-VD.zarr"
 
 
+def _on_disk(path):
+    """The store as written, read with zarr itself (independent of store.py)."""
+    return zarr.open_group(str(path), mode="r")
+
+
 def _arrays(path: Path) -> dict:
-    g = store.open_read(path)
+    g = _on_disk(path)
     return {k: g[k][:] for k in ARRAYS}
 
 
 def test_store_matches_an_independent_per_image_computation(data, reference):
-    g = store.open_read(reference)
+    g = _on_disk(reference)
     m = read_manifest(data / "m.jsonl")
     entries = m.split("DIS-VD")
     assert g["done"][:].tolist() == [True] * N
@@ -136,14 +142,14 @@ CRASH = """
 import json, os, signal, sys, threading
 from pdfnet_pipeline import config, store
 from pdfnet_pipeline.depth import stage
-original, lock, count = store.write_sample, threading.Lock(), [0]
+original, lock, count = store.Store.write_sample, threading.Lock(), [0]
 def crashing(*args, **kwargs):
     original(*args, **kwargs)
     with lock:
         count[0] += 1
         if count[0] >= int(sys.argv[2]):
             os.kill(os.getpid(), signal.SIGKILL)  # mid-run: other writer threads may be mid-sample
-store.write_sample = crashing
+store.Store.write_sample = crashing
 stage.run(config.from_dict(stage.Config, json.loads(sys.argv[1])))
 """
 
@@ -153,7 +159,7 @@ def test_resume_after_kill_9_equals_an_uninterrupted_run(data, reference, tmp_pa
     raw = json.dumps(cfgmod.to_dict(cfg))
     proc = subprocess.run([sys.executable, "-c", CRASH, raw, "3"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == -9, proc.stderr
-    done = store.open_read(tmp_path / "stores" / "DIS-VD.zarr")["done"][:]
+    done = _on_disk(tmp_path / "stores" / "DIS-VD.zarr")["done"][:]
     assert 3 <= done.sum() < N  # really interrupted
     out = stage.run(cfg)  # the kernel dropped the dead run's lock
     assert out[0]["written"] == N - done.sum() and out[0]["done"] == N
@@ -175,7 +181,7 @@ def test_a_store_from_another_manifest_is_refused(data, reference, tmp_path):
     with pytest.raises(stage.DepthStageError, match="manifest_sha256"):
         stage.run(small_cfg(data, reference.parent, manifest=tmp_path / "other.jsonl"))
     # untouched: still the first manifest's store
-    assert store.open_read(reference).attrs["manifest_sha256"] == read_manifest(data / "m.jsonl").split_hash("DIS-VD")
+    assert _on_disk(reference).attrs["manifest_sha256"] == read_manifest(data / "m.jsonl").split_hash("DIS-VD")
     assert store.split_status(reference)["done"] == N
 
 
@@ -195,18 +201,18 @@ def test_bad_input_stop_names_the_file_and_keeps_what_was_written(data, tmp_path
     cfg = small_cfg(data, tmp_path / "stores", manifest=manifest, on_error="stop")
     with pytest.raises(stage.DepthStageError, match=str(bad)):
         stage.run(cfg)
-    done = store.open_read(tmp_path / "stores" / "DIS-VD.zarr")["done"][:]
+    done = _on_disk(tmp_path / "stores" / "DIS-VD.zarr")["done"][:]
     assert done[:2].tolist() == [True, True] and not done[2]  # batch [0,1] was kept
 
 
 def test_bad_input_skip_reports_it_and_finishes_the_rest(data, reference, tmp_path):
     manifest, bad = _corrupt_copy(data, tmp_path)
     out = stage.run(small_cfg(data, tmp_path / "stores", manifest=manifest, on_error="skip"))
-    g = store.open_read(tmp_path / "stores" / "DIS-VD.zarr")
+    g = _on_disk(tmp_path / "stores" / "DIS-VD.zarr")
     assert g["done"][:].tolist() == [True, True, False, True, True]
     assert len(g.attrs["skipped"]) == 1 and g.attrs["skipped"][0].startswith(str(bad))
     assert out[0]["done"] == N - 1
-    ref = store.open_read(reference)
+    ref = _on_disk(reference)
     for i in (0, 1, 4):  # batches without the bad sample: bit-identical to the reference
         assert np.array_equal(g["depth/large_1024"][i], ref["depth/large_1024"][i])
     # Sample 3 shared its batch with the bad one, so it ran alone: equal within float16 steps.
@@ -218,12 +224,12 @@ TORCHRUN = """
 import json, os, sys
 from pdfnet_pipeline import config, store
 from pdfnet_pipeline.depth import stage
-original = store.write_sample
-def logged(group, index, *args):
-    original(group, index, *args)
+original = store.Store.write_sample
+def logged(self, index, *args):
+    original(self, index, *args)
     with open(os.path.join(sys.argv[2], f"rank{os.environ['RANK']}.log"), "a") as f:
         f.write(f"{index}\\n")
-store.write_sample = logged
+store.Store.write_sample = logged
 stage.run(config.from_dict(stage.Config, json.loads(sys.argv[1])))
 """
 
@@ -249,9 +255,9 @@ def test_torchrun_two_gloo_ranks_write_each_sample_exactly_once(data, reference,
     assert proc.returncode == 0, proc.stderr[-3000:]
     logs = {r: [int(x) for x in (tmp_path / f"rank{r}.log").read_text().split()] for r in (0, 1)}
     assert sorted(logs[0]) == [0, 2, 4] and sorted(logs[1]) == [1, 3]  # strided, disjoint
-    g = store.open_read(tmp_path / "stores" / "DIS-VD.zarr")
+    g = _on_disk(tmp_path / "stores" / "DIS-VD.zarr")
     assert g["done"][:].all()
-    ref = store.open_read(reference)
+    ref = _on_disk(reference)
     for k in ("image", "mask", "depth/small", "depth/large_1024"):
         # Other batch composition (batch 1) and thread count: equal up to float16 rounding.
         np.testing.assert_allclose(g[k][:].astype(np.float32), ref[k][:].astype(np.float32), atol=2e-3)

@@ -42,7 +42,7 @@ def test_layout_dtypes_chunks_and_attributes(tmp_path):
         "done": ((3,), "bool", (1,)),
         "orig_size": ((3, 2), "int32", (3, 2)),
     }
-    r = store.open_read(path)
+    r = zarr.open_group(str(path), mode="r")  # the on-disk layout, read independently of store.py
     for name, (shape, dtype, chunks) in expect.items():
         a = r[name]
         assert (a.shape, str(a.dtype), a.chunks) == (shape, dtype, chunks), name
@@ -61,21 +61,24 @@ def test_layout_dtypes_chunks_and_attributes(tmp_path):
 
 def test_write_sample_round_trips_and_marks_done_last(tmp_path):
     path = tmp_path / "s.zarr"
-    g = store.create(path, spec())
+    w = store.create(path, spec())
     rng = np.random.default_rng(0)
     img = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
     msk = rng.integers(0, 256, (16, 16), dtype=np.uint8)
     depths = {m: rng.random((16, 16), dtype=np.float32) for m in store.DEPTH_MAPS}
-    store.write_sample(g, 1, img, msk, depths)
+    w.write_sample(1, img, msk, depths)
     r = store.open_read(path)
-    assert np.array_equal(r["image"][1], img) and np.array_equal(r["mask"][1], msk)
+    got = r.sample(1, store.DEPTH_MAPS)
+    assert np.array_equal(got.image, img) and np.array_equal(got.mask, msk)
     for m, d in depths.items():
-        assert np.array_equal(r[f"depth/{m}"][1], d.astype(np.float16))
-    assert store.done_indices(r).tolist() == [1]
+        assert np.array_equal(got.depth[m], d.astype(np.float16))
+    assert r.done_rows().tolist() == [1]
+    assert (r.split, r.n, r.size, r.maps, r.ids) == ("DIS-VD", 3, 16, store.DEPTH_MAPS, ["a", "bb", "c3"])
+    assert r.orig_sizes.tolist() == [[30, 40], [50, 20], [64, 64]]
     # A failing write leaves the sample not done.
     with pytest.raises(KeyError, match="depth/nope"):
-        store.write_sample(g, 2, img, msk, {"small": depths["small"], "nope": depths["base"]})
-    assert store.done_indices(store.open_read(path)).tolist() == [1]
+        w.write_sample(2, img, msk, {"small": depths["small"], "nope": depths["base"]})
+    assert store.open_read(path).done_rows().tolist() == [1]
     st = store.split_status(path)
     assert (st["split"], st["n"], st["done"], st["complete"], st["size"]) == ("DIS-VD", 3, 1, False, 16)
     assert st["models"] == {"small": "random"}
@@ -112,8 +115,8 @@ def test_open_write_refuses_another_manifest_size_models_or_ids(tmp_path):
 
 def test_other_schema_version_is_refused(tmp_path):
     path = tmp_path / "s.zarr"
-    g = store.create(path, spec())
-    g.attrs["schema_version"] = 99
+    store.create(path, spec())
+    zarr.open_group(str(path), mode="r+").attrs["schema_version"] = 99
     with pytest.raises(store.StoreError, match="schema version 99"):
         store.open_read(path)
     with pytest.raises(store.StoreError, match="schema version 99"):
@@ -166,3 +169,24 @@ def test_empty_or_foreign_folder_is_a_store_error(tmp_path):
     bad.mkdir()
     with pytest.raises(StoreError, match="DIS-VD.zarr: not a Zarr store"):
         open_read(bad)
+
+
+def test_open_read_refuses_missing_maps_by_name(tmp_path):
+    path = tmp_path / "s.zarr"
+    store.create(path, spec(maps=("large",)))
+    assert store.open_read(path, ("large",)).maps == ("large",)
+    with pytest.raises(
+        store.StoreError, match=r"s.zarr has no depth map\(s\) \['large_1024'\] \(eval\); it holds \['large'\]"
+    ):
+        store.open_read(path, ("large", "large_1024"), "eval")
+
+
+def test_a_store_pickles_by_path_and_reopens(tmp_path):
+    import pickle
+
+    path = tmp_path / "s.zarr"
+    w = store.create(path, spec())
+    w.write_sample(2, np.zeros((16, 16, 3), np.uint8), np.full((16, 16), 7, np.uint8), {})
+    r = pickle.loads(pickle.dumps(store.open_read(path)))
+    assert r._group is None  # no handle travels to a worker
+    assert r.sample(2).mask[0, 0] == 7 and r.done_rows().tolist() == [2]

@@ -32,7 +32,7 @@ def test_export_h5_copies_done_samples_and_provenance(tmp_path):
             rng.integers(0, 256, (8, 8), dtype=np.uint8),
             {m: rng.random((8, 8)).astype(np.float16) for m in spec.maps},
         )
-        store.write_sample(g, i, *rows[i])
+        g.write_sample(i, *rows[i])
     result = CliRunner().invoke(app, ["store", "export", str(path), "--out", str(tmp_path / "vd.h5")])
     assert result.exit_code == 0, result.output
     assert "2 samples" in result.output

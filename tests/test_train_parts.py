@@ -141,16 +141,16 @@ def test_maxf_batched_equals_reference_on_random_maps():
     assert mae.mean().item() == pytest.approx(ref_mae, abs=1e-12)
 
 
-def test_precision_rules():
-    from pdfnet_pipeline.device import precision
+def test_accumulation_windows_cover_the_epoch_with_exact_sample_counts():
+    from pdfnet_pipeline.train.optim import Window, accumulation_windows
 
-    cpu = torch.device("cpu")
-    assert precision(cpu, "auto") == (None, False)  # float32 on the CPU
-    assert precision(cpu, "bf16") == (torch.bfloat16, False)
-    assert precision(torch.device("cuda"), "fp16") == (torch.float16, True)  # GradScaler with fp16
-    assert precision(torch.device("cuda"), "bf16") == (torch.bfloat16, False)
-    with pytest.raises(ValueError, match="fp16 needs CUDA"):
-        precision(cpu, "fp16")
+    # 7 samples, batch 2 -> micro-batches of 2,2,2,1; accum 3 -> windows [0,3) of 6 and [3,4) of 1
+    assert accumulation_windows(7, 2, 3) == [Window(0, 3, 6), Window(3, 4, 1)]
+    assert accumulation_windows(8, 2, 2) == [Window(0, 2, 4), Window(2, 4, 4)]
+    assert accumulation_windows(5, 1, 1) == [Window(i, i + 1, 1) for i in range(5)]
+    assert accumulation_windows(3, 4, 0) == [Window(0, 1, 3)]  # accum 0 means 1; one short micro-batch
+    w = accumulation_windows(7, 2, 3)[0]
+    assert [w.weight(n) for n in (2, 2, 2)] == [1 / 3] * 3 and accumulation_windows(7, 2, 3)[1].weight(1) == 1.0
 
 
 def test_resume_keeps_channels_last_moments_aligned_with_fused_adamw(tmp_path):

@@ -27,7 +27,7 @@ def test_tiny_pdfnet_resume_is_bit_exact(tmp_path):
             run_dir=tmp_path / name,
             epochs=2,
             device="cpu",
-            precision="float32",
+            precision="fp32",
             log_every=1,
             progress=False,
             val_every=1,

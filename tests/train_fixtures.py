@@ -35,22 +35,26 @@ def write_store(
         orig_sizes=[(s, s)] * n,
         size=s,
         manifest_sha256="test",
+        maps=tuple(depths),
         models={"small": "synthetic", "base": "synthetic", "large": "synthetic"},
     )
-    group = store.create(Path(path), spec)
+    st = store.create(Path(path), spec)
     done = np.ones(n, bool) if done is None else done
     for i in np.flatnonzero(done):
-        store.write_sample(group, int(i), images[i], masks[i], {k: v[i] for k, v in depths.items()})
+        st.write_sample(int(i), images[i], masks[i], {k: v[i] for k, v in depths.items()})
     return Path(path)
 
 
-def random_store(path: Path, n: int = 4, size: int = 32, seed: int = 0, done=None, prefix="s") -> Path:
-    """Random pixels; depth quality k is offset by k/8 so each map is recognisable."""
+def random_store(
+    path: Path, n: int = 4, size: int = 32, seed: int = 0, done=None, prefix="s", maps: tuple[str, ...] = DEPTHS
+) -> Path:
+    """Random pixels; depth quality k is offset by k/8 so each map is recognisable; `maps`: which
+    depth maps the store holds."""
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
     masks = rng.integers(0, 256, (n, size, size), dtype=np.uint8)
     base = rng.random((n, size, size)) * 0.5
-    depths = {name: (base + k / 8).astype(np.float16) for k, name in enumerate(DEPTHS)}
+    depths = {name: (base + k / 8).astype(np.float16) for k, name in enumerate(DEPTHS) if name in maps}
     return write_store(path, images, masks, depths, [f"{prefix}{i}" for i in range(n)], done)
 
 

@@ -73,7 +73,7 @@ def _build(tmp: Path, cfg: Config) -> tuple[Path, Path, list[str]]:
     spec = store.StoreSpec(
         split="bench", ids=ids, orig_sizes=[(cfg.size, cfg.size)] * cfg.samples, size=cfg.size, manifest_sha256="bench"
     )
-    group = store.create(tmp / "bench.zarr", spec)
+    st = store.create(tmp / "bench.zarr", spec)
     for i, sid in enumerate(ids):
         image, mask, _ = make_sample(0, "DIS-TR", i)
         Image.fromarray(image).save(files / f"{sid}.jpg", quality=95)
@@ -85,7 +85,7 @@ def _build(tmp: Path, cfg: Config) -> tuple[Path, Path, list[str]]:
             Image.fromarray((d * 255).astype(np.uint8)).save(files / f"{sid}_{name}.png")
             maps[name] = np.asarray(Image.fromarray(d).resize((cfg.size, cfg.size), Image.BILINEAR))
         small = lambda a, mode: np.asarray(Image.fromarray(a).resize((cfg.size, cfg.size), Image.BILINEAR))  # noqa: E731
-        store.write_sample(group, i, small(image, "RGB"), small(mask, "L"), maps)
+        st.write_sample(i, small(image, "RGB"), small(mask, "L"), maps)
     return tmp / "bench.zarr", files, ids
 
 

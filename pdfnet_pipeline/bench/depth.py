@@ -28,7 +28,7 @@ class Config:
     size: int = 1024
     input_size: int = 518
     device: str = "auto"
-    dtype: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU (both paths)
+    precision: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU (both paths)
     workers: int = 2
     write_threads: int = 4
     seed: int = 0
@@ -75,6 +75,7 @@ def _bytes(path: Path) -> int:
 
 def run(cfg: Config) -> None:
 
+    from pdfnet_pipeline import runtime
     from pdfnet_pipeline.data.manifest import read_manifest
     from pdfnet_pipeline.depth import dam, stage
 
@@ -92,14 +93,14 @@ def run(cfg: Config) -> None:
             maps=["small"],
             models=stage.Models(small=spec),
             device=cfg.device,
-            dtype=cfg.dtype,
+            precision=cfg.precision,
             workers=cfg.workers,
             write_threads=cfg.write_threads,
             progress=False,
             seed=cfg.seed,
         )
-        device = stage._device(base, stage.Ranks())
-        amp = stage._amp(base, device)
+        device = runtime.pick_device(cfg.device)
+        amp = runtime.precision(device, cfg.precision).dtype
         model, _ = dam.load_dam(cfg.arch, "random", seed=cfg.seed)
         model.to(device)
         reference_loop(model, paths[:1], tmp / "warm", cfg, device, amp)  # warm-up

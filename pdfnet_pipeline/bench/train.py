@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-from pdfnet_pipeline.device import precision
 from pdfnet_pipeline.model import PDFNetConfig, build_pdfnet
+from pdfnet_pipeline.runtime import pick_device, precision
 from pdfnet_pipeline.train.optim import OptimConfig, build_optimizer
 
 
@@ -46,7 +46,7 @@ def _measure(cfg: Config, batch: int, device: torch.device) -> tuple[float, floa
         model = model.to(memory_format=torch.channels_last)
     opt = build_optimizer(model, OptimConfig(), device)
     run_model = torch.compile(model) if cfg.compile else model
-    dtype, _ = precision(device, cfg.precision)
+    dtype = precision(device, cfg.precision).dtype
     s = cfg.size
     image = torch.randn(batch, 3, s, s, device=device)
     inputs = {
@@ -72,12 +72,8 @@ def _measure(cfg: Config, batch: int, device: torch.device) -> tuple[float, floa
 
 
 def run(cfg: Config) -> None:
-    device = torch.device(
-        "cuda"
-        if cfg.device == "auto" and torch.cuda.is_available()
-        else ("cpu" if cfg.device == "auto" else cfg.device)
-    )
-    dtype, _ = precision(device, cfg.precision)
+    device = pick_device(cfg.device)
+    dtype = precision(device, cfg.precision).dtype
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"training step, PDFNet {cfg.preset} at {cfg.size}², {dtype or torch.float32}, {name}")
     print("baseline (spec/model.md, reference code): CPU fp32 1024² ~180 s/step (0.0056 steps/s), ~20 GiB peak")

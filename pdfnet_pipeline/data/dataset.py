@@ -1,23 +1,19 @@
 """Zarr-backed training / validation data: stores -> uint8 / float16 tensors -> the device.
 
-Layout (docs/CONTRACTS.md, "Store"): `image` (N,S,S,3) uint8, `mask` (N,S,S) uint8,
-`depth/{small,base,large,large_1024}` (N,S,S) float16, `done` (N,) bool, `ids` (N,) str.
-
 Design choices (why):
-- Stores are opened lazily, once per process (the pid is checked), so a DataLoader worker never
-  uses a handle inherited from its parent; the dataset pickles without them (spawn/forkserver).
+- Stores (store.Store) reopen lazily in each process, so a DataLoader worker never uses a handle
+  inherited from its parent; the dataset pickles without them (forkserver workers).
 - Randomness comes from a generator seeded by (seed, epoch, sample index), not from a worker's
   global state: the same run gives the same samples with 0, 1 or 8 workers, and a resumed run
   continues mid-epoch exactly without saving worker RNG states. The sampler yields
   (epoch, index) keys for that reason.
-- Samples stay uint8 / float16 up to the device (4x less to copy than float32); `to_device`
-  normalises there. The image stays H x W x 3, so the permute on the device gives a channels-last
-  tensor for free.
+- Samples stay uint8 / float16 up to the device; `data.batch.model_inputs` converts them there.
+- Only the maps a sample needs are read: the drawn input depth, plus the supervision map when
+  training. The stores are checked for them at start-up, by name.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,44 +23,28 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from pdfnet_pipeline import store, workers
 from pdfnet_pipeline.data import augment as aug
-from pdfnet_pipeline.store import done_indices, open_read
 
-DEPTH_INPUTS = ("small", "base", "large")
-SUPERVISION = "large_1024"
+VAL_DEPTH = "large"  # validation and eval: the paper's inference input
 
 
 @dataclass
 class DataConfig:
     train_stores: list[Path] = field(default_factory=lambda: [Path("stores/DIS-TR.zarr")])
     val_stores: list[Path] = field(default_factory=lambda: [Path("stores/DIS-VD.zarr")])
-    depth_inputs: list[str] = field(default_factory=lambda: list(DEPTH_INPUTS))  # drawn 1/len each
+    depth_inputs: list[str] = field(default_factory=lambda: list(store.DEPTH_INPUTS))  # drawn 1/len each
     workers: int = 4
-    # forkserver: workers start from a clean process. A plain fork copies the parent's thread
-    # pools (OpenCV's, zarr's event loop) without their threads, and the first use in the child
-    # can hang forever (seen: cv2.setNumThreads in a worker after the parent ran cv2). fork is
-    # faster to start and fine in a fresh process that has not used cv2 yet.
+    # forkserver: workers fork from a server that imported this module once (workers.context), not
+    # from the parent: a plain fork copies the parent's thread pools (OpenCV's, zarr's event loop)
+    # without their threads, and the first use in the child can hang forever (seen:
+    # cv2.setNumThreads in a worker after the parent ran cv2).
     start_method: Literal["fork", "forkserver", "spawn"] = "forkserver"
     prefetch_factor: int = 2
     augment: aug.AugmentConfig = field(default_factory=aug.AugmentConfig)
     # Train on a store the depth stage has not finished (only its done samples). Off by default:
     # a half-built store would silently shrink the epoch and change the order a resume replays.
     allow_incomplete: bool = False
-
-
-def _check_usable(path: Path, group, need: set[str], done: int, allow_incomplete: bool) -> None:
-    """Fail at start-up, naming the store, instead of mid-epoch in a worker."""
-    from pdfnet_pipeline.errors import UserError
-
-    maps = set(group.attrs.get("maps") or [k.removeprefix("depth/") for k in ("depth/small", "depth/base",
-               "depth/large", "depth/large_1024") if k in group])  # fmt: skip
-    if need - maps:
-        raise UserError(f"{path} has no depth map(s) {sorted(need - maps)} (it holds {sorted(maps)}): "
-                        f"rebuild it with them or set data.depth_inputs to what it holds")  # fmt: skip
-    n = int(group["done"].shape[0])
-    if done < n and not allow_incomplete:
-        raise UserError(f"{path}: only {done}/{n} samples are done; finish the depth stage "
-                        f"(rerun it) or set data.allow_incomplete=true")  # fmt: skip
 
 
 class StoreDataset(Dataset):
@@ -77,71 +57,54 @@ class StoreDataset(Dataset):
         train: bool,
         seed: int = 0,
         augment: aug.AugmentConfig | None = None,
-        depth_inputs: tuple[str, ...] | list[str] = DEPTH_INPUTS,
+        depth_inputs: tuple[str, ...] | list[str] = store.DEPTH_INPUTS,
         allow_incomplete: bool = False,
     ) -> None:
         if not paths:
             raise ValueError("StoreDataset needs at least one store")
-        self.paths = [Path(p) for p in paths]
         self.train, self.seed = train, seed
         self.augment = augment if augment is not None else aug.AugmentConfig()
-        self.depth_inputs = tuple(depth_inputs) if train else ("large",)
-        store_of, rows, ids, sizes = [], [], [], set()
-        need = set(self.depth_inputs) | ({SUPERVISION} if train else set())
-        for k, path in enumerate(self.paths):
-            group = open_read(path)
-            done = done_indices(group)
-            _check_usable(path, group, need, len(done), allow_incomplete)
-            all_ids = np.asarray(group["ids"][:])
+        self.depth_inputs = tuple(depth_inputs) if train else (VAL_DEPTH,)
+        self.extra_maps = (store.SUPERVISION,) if train else ()
+        purpose = "training: input depth + supervision" if train else "validation input depth"
+        self.stores = [store.open_read(p, (*self.depth_inputs, *self.extra_maps), purpose) for p in paths]
+        store_of, rows, ids = [], [], []
+        for k, st in enumerate(self.stores):
+            st.require_complete(allow_incomplete)
+            done = st.done_rows()
+            all_ids = st.ids
             store_of.append(np.full(len(done), k, dtype=np.int32))
             rows.append(done)
-            ids.extend(str(all_ids[r]) for r in done)
-            sizes.add(int(group["image"].shape[1]))
+            ids.extend(all_ids[r] for r in done)
+        sizes = sorted({st.size for st in self.stores})
         if len(sizes) > 1:
-            raise ValueError(f"stores of different sizes {sorted(sizes)}: {self.paths}")
-        self.size = sizes.pop()
+            raise ValueError(f"stores of different sizes {sizes}: {[str(st.path) for st in self.stores]}")
+        self.size = sizes[0]
         self.store_of = np.concatenate(store_of)
         self.rows = np.concatenate(rows)
         self.ids = ids
-        self._groups: list | None = None
-        self._pid = -1
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getstate__(self) -> dict:
-        state = dict(self.__dict__)
-        state["_groups"], state["_pid"] = None, -1  # reopened in the worker
-        return state
-
-    def _group(self, k: int):
-        if self._groups is None or self._pid != os.getpid():
-            self._groups = [open_read(p) for p in self.paths]
-            self._pid = os.getpid()
-        return self._groups[k]
-
-    def read(self, index: int, depth_name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Raw arrays of one sample: image, mask, input depth, supervision depth."""
-        g = self._group(int(self.store_of[index]))
-        r = int(self.rows[index])
-        return g["image"][r], g["mask"][r], g[f"depth/{depth_name}"][r], g[f"depth/{SUPERVISION}"][r]
+    def locate(self, index: int) -> tuple[store.Store, int]:
+        """The store and row of sample `index`."""
+        return self.stores[int(self.store_of[index])], int(self.rows[index])
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
         epoch, index = key if isinstance(key, tuple) else (0, key)
         rng = np.random.default_rng([self.seed, epoch, index])
         depth_name = self.depth_inputs[int(rng.integers(len(self.depth_inputs)))]
-        image, mask, depth, target = self.read(index, depth_name)
+        st, row = self.locate(index)
+        s = st.sample(row, (depth_name, *self.extra_maps))
+        image, mask, depth = s.image, s.mask, s.depth[depth_name]
+        item = {"index": index, "id": self.ids[index]}
         if self.train:
             params = aug.sample_params(rng, self.augment, self.size)
-            image, mask, (depth, target) = aug.apply(params, image, mask, [depth, target])
-        return {
-            "image": _tensor(image),  # H x W x 3 uint8
-            "mask": _tensor(mask),  # H x W uint8
-            "depth": _tensor(depth),  # H x W float16
-            "depth_target": _tensor(target),
-            "index": index,
-            "id": self.ids[index],
-        }
+            image, mask, (depth, target) = aug.apply(params, image, mask, [depth, s.depth[store.SUPERVISION]])
+            item["depth_target"] = _tensor(target)
+        item.update(image=_tensor(image), mask=_tensor(mask), depth=_tensor(depth))  # uint8 / float16
+        return item
 
 
 def _tensor(a: np.ndarray) -> torch.Tensor:
@@ -171,8 +134,12 @@ class EpochSampler(Sampler):
     def __iter__(self) -> Iterator[tuple[int, int]]:
         return iter([(self.epoch, i) for i in self.order()[self.start :]])
 
+    def per_rank(self) -> int:
+        """Samples each rank sees per epoch (DistributedSampler pads the last round)."""
+        return -(-self.n // self.world)
+
     def __len__(self) -> int:
-        return -(-self.n // self.world) - self.start
+        return self.per_rank() - self.start
 
 
 class ShardSampler(Sampler):
@@ -199,29 +166,17 @@ def _worker_init(_: int) -> None:
 def make_loader(
     dataset: StoreDataset, sampler: Sampler, cfg: DataConfig, batch_size: int, *, pin_memory: bool = False
 ) -> DataLoader:
-    workers = cfg.workers
+    n = cfg.workers
     return DataLoader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
-        num_workers=workers,
-        multiprocessing_context=cfg.start_method if workers > 0 else None,
-        prefetch_factor=cfg.prefetch_factor if workers > 0 else None,
-        persistent_workers=workers > 0,  # start the worker processes once per run, not per epoch
-        worker_init_fn=_worker_init if workers > 0 else None,
+        num_workers=n,
+        multiprocessing_context=workers.context((__name__,), cfg.start_method) if n > 0 else None,
+        prefetch_factor=cfg.prefetch_factor if n > 0 else None,
+        persistent_workers=n > 0,  # start the worker processes once per run, not per epoch
+        worker_init_fn=_worker_init if n > 0 else None,
         pin_memory=pin_memory,
         # Own generator: building an iterator must not consume the global torch RNG (exact resume).
         generator=torch.Generator().manual_seed(0),
     )
-
-
-def to_device(batch: dict, device: torch.device) -> dict[str, torch.Tensor]:
-    """Collated uint8 / float16 batch -> model inputs: normalised image, raw depth, mask in [0,1]."""
-    nb = device.type == "cuda"
-    image = batch["image"].to(device, non_blocking=nb)
-    return {
-        "image": aug.normalize_image(image),
-        "depth": batch["depth"].to(device, non_blocking=nb).unsqueeze(1).float(),
-        "mask": batch["mask"].to(device, non_blocking=nb).unsqueeze(1).float() / 255.0,
-        "depth_target": batch["depth_target"].to(device, non_blocking=nb).unsqueeze(1).float(),
-    }

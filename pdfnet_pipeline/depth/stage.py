@@ -10,7 +10,6 @@ the lock and the layout through the process group; nothing else is coordinated.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from collections import deque
@@ -18,16 +17,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
-import numpy as np
-
-from pdfnet_pipeline import store
+from pdfnet_pipeline import runtime, store
 from pdfnet_pipeline.depth import dam
 from pdfnet_pipeline.errors import UserError
 
-MODEL_MAPS = ("small", "base", "large")  # 518 input, one model each
-SUPERVISION = "large_1024"  # the large model at the 1024 rule's input side (1036)
+MODEL_MAPS = store.DEPTH_INPUTS  # 518 input, one model each
+SUPERVISION = store.SUPERVISION  # the large model at the 1024 rule's input side (1036)
 
 
 @dataclass
@@ -46,13 +43,15 @@ class Models:
 
 @dataclass
 class Config:
+    RENAMED: ClassVar[dict[str, str]] = {"dtype": "precision"}  # refused, naming the new setting
+
     manifest: Path = Path("data_manifests/DIS5K.jsonl")
     stores: Path = Path("stores")
     splits: list[str] = field(default_factory=list)  # empty: every split in the manifest
     size: int = 1024  # store side
     input_size: int = 518  # DAM input for small/base/large
     supervision_size: int = 1024  # official sizing rule -> 1036 input for large_1024
-    maps: list[str] = field(default_factory=lambda: ["small", "base", "large", "large_1024"])
+    maps: list[str] = field(default_factory=lambda: list(store.DEPTH_MAPS))
     models: Models = field(default_factory=Models)
     seed: int = 0  # random weights only
     allow_download: bool = True  # False: hub weights must already be in the HF cache
@@ -60,7 +59,7 @@ class Config:
     workers: int = 4  # decode/resize processes
     write_threads: int = 4
     device: str = "auto"  # auto | cpu | cuda | cuda:N (torchrun: cuda:LOCAL_RANK)
-    dtype: Literal["auto", "bfloat16", "float32"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    precision: runtime.PrecisionName = "auto"  # backbone autocast (DPT head fp32); auto: bf16 on CUDA, fp32 on CPU
     on_error: Literal["stop", "skip"] = "stop"
     draft: bool = True  # JPEG draft decoding of big images
     progress: bool = True
@@ -68,40 +67,6 @@ class Config:
 
 class DepthStageError(UserError, RuntimeError):
     """A bad input (on_error=stop), a non-finite map, or a refused store."""
-
-
-@dataclass
-class Ranks:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    group: bool = False  # torch.distributed initialised by us
-
-
-def _ranks() -> Ranks:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return Ranks()
-    return Ranks(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")), True)
-
-
-def _device(cfg: Config, ranks: Ranks):
-    import torch
-
-    from pdfnet_pipeline.device import pick_device
-
-    dev = pick_device(cfg.device, ranks.local_rank)
-    if dev.type == "cuda":
-        torch.cuda.set_device(dev)
-    return dev
-
-
-def _amp(cfg: Config, device):
-    """Autocast dtype for the backbone (the DPT head stays float32): bf16 on CUDA, or fp16 on GPUs
-    without bf16; none on the CPU unless asked."""
-    from pdfnet_pipeline.device import precision
-
-    return precision(device, cfg.dtype)[0]
 
 
 def _check_maps(cfg: Config) -> None:
@@ -166,8 +131,8 @@ def _infer(models: dict, batch: dict, cfg: Config, device, amp) -> tuple[dict, l
 class Writer:
     """Writer threads with a bounded queue; the first failure is raised on the next call."""
 
-    def __init__(self, group, threads: int, max_pending: int) -> None:
-        self.group, self.max_pending = group, max_pending
+    def __init__(self, st: store.Store, threads: int, max_pending: int) -> None:
+        self.store, self.max_pending = st, max_pending
         self.pool = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="store-writer")
         self.pending: deque[Future] = deque()
         self.written = 0
@@ -175,8 +140,8 @@ class Writer:
     def submit(self, index: int, image, mask, depths: dict) -> None:
         while len(self.pending) >= self.max_pending:
             self.pending.popleft().result()
-        # store.write_sample looked up per call (tests inject crashes there).
-        self.pending.append(self.pool.submit(store.write_sample, self.group, index, image, mask, depths))
+        # The bound method is looked up per call (tests inject crashes into Store.write_sample).
+        self.pending.append(self.pool.submit(self.store.write_sample, index, image, mask, depths))
         self.written += 1
 
     def drain(self) -> None:
@@ -190,6 +155,7 @@ class Writer:
 def _loader(entries, root: Path, todo: list[list[int]], cfg: Config, device):
     import torch
 
+    from pdfnet_pipeline import workers
     from pdfnet_pipeline.depth import inputs
 
     sup = dam.input_side(cfg.supervision_size) if SUPERVISION in cfg.maps else None
@@ -198,6 +164,7 @@ def _loader(entries, root: Path, todo: list[list[int]], cfg: Config, device):
         inputs.SampleSource(entries, root, prep),
         batch_sampler=todo,
         num_workers=cfg.workers,
+        multiprocessing_context=workers.context((inputs.__name__,)) if cfg.workers > 0 else None,
         collate_fn=inputs.collate,
         worker_init_fn=inputs.worker_init,
         pin_memory=device.type == "cuda",
@@ -205,31 +172,28 @@ def _loader(entries, root: Path, todo: list[list[int]], cfg: Config, device):
     )
 
 
-def _compute(group, entries, root: Path, cfg: Config, ranks: Ranks, models: dict, device, amp) -> tuple[int, list[str]]:
+def _compute(
+    st: store.Store, entries, root: Path, cfg: Config, rt: runtime.Runtime, models: dict, amp
+) -> tuple[int, list[str]]:
     """This rank's missing samples of one split; returns (written, skipped messages)."""
     from tqdm import tqdm
 
     from pdfnet_pipeline.depth import inputs
 
-    done = np.asarray(group["done"][:], dtype=bool)
-    mine = list(range(ranks.rank, len(entries), ranks.world))
+    done = st.done()
+    mine = list(range(rt.rank, len(entries), rt.world))
     todo = [b for b in inputs.fixed_batches(mine, cfg.batch_size) if not done[b].all()]
     if not todo:
         return 0, []
     skipped: list[str] = []
-    writer = Writer(group, cfg.write_threads, max_pending=2 * cfg.batch_size)
-    bar = tqdm(
-        total=sum(int((~done[b]).sum()) for b in todo),
-        desc=group.attrs["split"],
-        unit="img",
-        disable=not cfg.progress or ranks.rank != 0,
-        file=sys.stderr,
-    )
+    writer = Writer(st, cfg.write_threads, max_pending=2 * cfg.batch_size)
+    total = sum(int((~done[b]).sum()) for b in todo)
+    bar = tqdm(total=total, desc=st.split, unit="img", disable=not cfg.progress or not rt.main, file=sys.stderr)
     try:
-        for batch in _loader(entries, root, todo, cfg, device):
+        for batch in _loader(entries, root, todo, cfg, rt.device):
             failures = list(batch["errors"])
             if batch["index"]:
-                maps, bad = _infer(models, batch, cfg, device, amp)
+                maps, bad = _infer(models, batch, cfg, rt.device, amp)
                 failures += [(batch["index"][pos], msg) for pos, msg in bad]
                 failed = {i for i, _ in failures}
                 for pos, index in enumerate(batch["index"]):
@@ -251,29 +215,7 @@ def _compute(group, entries, root: Path, cfg: Config, ranks: Ranks, models: dict
     return writer.written, skipped
 
 
-def _agree(ranks: Ranks, error: str | None) -> None:
-    """Rank 0's error (lock refused, store mismatch) stops every rank."""
-    if ranks.group:
-        import torch.distributed as dist
-
-        box = [error]
-        dist.broadcast_object_list(box, src=0)
-        error = box[0]
-    if error:
-        raise DepthStageError(error)
-
-
-def _gather(ranks: Ranks, items: list[str], written: int) -> tuple[list[str], int]:
-    if not ranks.group:
-        return items, written
-    import torch.distributed as dist
-
-    out: list = [None] * ranks.world
-    dist.all_gather_object(out, (items, written))
-    return [s for part, _ in out for s in part], sum(w for _, w in out)
-
-
-def _run_split(split: str, manifest, cfg: Config, ranks: Ranks, models: dict, prov: dict, device, amp) -> dict:
+def _run_split(split: str, manifest, cfg: Config, rt: runtime.Runtime, models: dict, prov: dict, amp) -> dict:
     path = cfg.stores / f"{split}.zarr"
     entries = manifest.split(split)
     spec = store.StoreSpec(
@@ -288,55 +230,46 @@ def _run_split(split: str, manifest, cfg: Config, ranks: Ranks, models: dict, pr
     )
     with ExitStack() as stack:
         error = None
-        if ranks.rank == 0:
+        if rt.main:  # rank 0 holds the lock and creates the layout; the others wait for it
             try:
                 stack.enter_context(store.writer_lock(path))
-                group = store.open_write(path, spec)  # creates the layout if missing
+                st = store.open_write(path, spec)
             except store.StoreError as err:
                 error = str(err)
-        _agree(ranks, error)
-        if ranks.group:
-            import torch.distributed as dist
-
-            dist.barrier()
-        if ranks.rank != 0:
-            group = store.open_write(path, spec)
+        error = rt.broadcast(error)  # rank 0's refusal (lock held, store mismatch) stops every rank
+        if error:
+            raise DepthStageError(error)
+        rt.barrier()
+        if not rt.main:
+            st = store.open_write(path, spec)
         start = time.perf_counter()
-        written, skipped = _compute(group, entries, Path(manifest.root), cfg, ranks, models, device, amp)
-        skipped, written = _gather(ranks, skipped, written)
-        if ranks.group:
-            import torch.distributed as dist
-
-            dist.barrier()  # every rank's writes finished before the lock is released
-        if ranks.rank == 0:
-            store.touch(group, skipped=skipped)
+        written, skipped = _compute(st, entries, Path(manifest.root), cfg, rt, models, amp)
+        parts = rt.gather((skipped, written))
+        skipped, written = [s for part, _ in parts for s in part], sum(w for _, w in parts)
+        rt.barrier()  # every rank's writes finished before the lock is released
+        if rt.main:
+            st.touch(skipped=skipped)
         seconds = time.perf_counter() - start
-    st = store.split_status(path) if ranks.rank == 0 else {}
-    return {**st, "split": split, "written": written, "skipped_now": skipped, "seconds": seconds}
+    summary = store.split_status(path) if rt.main else {}
+    return {**summary, "split": split, "written": written, "skipped_now": skipped, "seconds": seconds}
 
 
 def run(cfg: Config) -> list[dict]:
     """Run the stage over every requested split; returns per-split summaries (rank 0 prints them)."""
-    import torch
-
     from pdfnet_pipeline.data.manifest import read_manifest
 
     _check_maps(cfg)
-    ranks = _ranks()
-    if ranks.group and not torch.distributed.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo"
-        torch.distributed.init_process_group(backend)
+    rt = runtime.init(cfg.device)
     try:
-        device = _device(cfg, ranks)
-        amp = _amp(cfg, device)
+        amp = runtime.precision(rt.device, cfg.precision).dtype
         manifest = read_manifest(cfg.manifest)
         models, prov = load_models(cfg)
         for m in models.values():
-            m.to(device)
+            m.to(rt.device)
         out = []
         for split in cfg.splits or manifest.splits():
-            summary = _run_split(split, manifest, cfg, ranks, models, prov, device, amp)
-            if ranks.rank == 0:
+            summary = _run_split(split, manifest, cfg, rt, models, prov, amp)
+            if rt.main:
                 print(
                     f"{split}: {summary['done']}/{summary['n']} done, {summary['written']} written this run "
                     f"in {summary['seconds']:.1f} s, {len(summary['skipped_now'])} skipped -> {summary['path']}"
@@ -344,5 +277,4 @@ def run(cfg: Config) -> list[dict]:
             out.append(summary)
         return out
     finally:
-        if ranks.group and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+        rt.shutdown()

@@ -19,7 +19,6 @@ from PIL import Image
 from tqdm import tqdm
 
 from pdfnet_pipeline.data.manifest import IMAGE_EXTS
-from pdfnet_pipeline.device import pick_device, precision
 
 
 def collect_images(inputs: list[Path]) -> list[Path]:
@@ -34,16 +33,29 @@ def collect_images(inputs: list[Path]) -> list[Path]:
 
 
 class Predictor:
-    """DAM v2 + PDFNet on one device; `__call__(rgb uint8 HxWx3) -> mask uint8 HxW`."""
+    """DAM v2 + PDFNet on one device; `__call__(rgb uint8 HxWx3) -> mask uint8 HxW`.
 
-    def __init__(self, checkpoint: Path, dam_arch: str = "large", dam_weights: str = "hub",
-                 size: int = 1024, tta: bool = False, device: str = "auto") -> None:  # fmt: skip
+    The depth input is computed as the depth stage computes it (`dam_input_size`, default the
+    paper's 518; its store side `size`), then the shared `model_inputs` conversion."""
+
+    def __init__(
+        self,
+        checkpoint: Path,
+        dam_arch: str = "large",
+        dam_weights: str = "hub",
+        size: int = 1024,
+        tta: bool = False,
+        device: str = "auto",
+        dam_input_size: int = 518,
+        precision: str = "auto",
+    ) -> None:
+        from pdfnet_pipeline import runtime
         from pdfnet_pipeline.depth import dam
         from pdfnet_pipeline.model.checkpoint import load_model
 
-        self.device = pick_device(device)
-        self.size, self.tta = size, tta
-        self.amp, _ = precision(self.device)  # bf16 where supported, fp16 on older GPUs, fp32 on CPU
+        self.device = runtime.pick_device(device)
+        self.size, self.tta, self.dam_side = size, tta, dam.input_side(dam_input_size)
+        self.precision = runtime.precision(self.device, precision)  # bf16 / fp16 on GPUs, fp32 on CPU
         self.dam, self.dam_provenance = dam.load_dam(dam_arch, dam_weights)
         self.dam.to(self.device)
         self.model = load_model(checkpoint, map_location=self.device).eval()
@@ -51,19 +63,19 @@ class Predictor:
 
     @torch.no_grad()
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
-        from pdfnet_pipeline.data.augment import normalize_image
+        from pdfnet_pipeline.data.batch import model_inputs
         from pdfnet_pipeline.depth import dam
         from pdfnet_pipeline.depth.inputs import resize_u8
         from pdfnet_pipeline.eval.tta import predict_logits, to_native_uint8
 
         chw = torch.from_numpy(np.array(rgb)).permute(2, 0, 1).to(self.device)  # np.array: writable copy
-        x = dam.to_model_input(chw, dam.input_side(518))[None]
-        depth, finite = dam.predict(self.dam, x, self.size, self.amp)
+        x = dam.to_model_input(chw, self.dam_side)[None]
+        depth, finite = dam.predict(self.dam, x, self.size, self.precision.dtype)
         if not bool(finite.all()):
             raise ValueError("DAM v2 produced non-finite depth")
-        image = normalize_image(resize_u8(rgb, self.size)[None].to(self.device))
-        with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
-            logits = predict_logits(self.model.predict, image, depth[:, None], tta=self.tta)
+        inputs = model_inputs(resize_u8(rgb, self.size)[None], depth, self.device)
+        with self.precision.autocast(self.device):
+            logits = predict_logits(self.model.predict, inputs["image"], inputs["depth"], tta=self.tta)
         return to_native_uint8(logits, rgb.shape[:2])[0, 0].cpu().numpy()
 
 
@@ -98,6 +110,7 @@ def predict_command(
         str, typer.Option(help="DAM v2 large weights: hub, a hub id, a local folder, or random.")
     ] = "hub",
     dam_arch: Annotated[str, typer.Option(help="DAM v2 size for the depth input.")] = "large",
+    dam_input_size: Annotated[int, typer.Option(help="DAM v2 input side (the depth stage's input_size).")] = 518,
     size: Annotated[int, typer.Option(help="Network input side (multiple of 256).")] = 1024,
     tta: Annotated[bool, typer.Option(help="Flip x 3 scales test-time augmentation.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1 ...")] = "auto",
@@ -111,7 +124,7 @@ def predict_command(
         typer.echo("error: no images found", err=True)
         raise typer.Exit(2)
     try:
-        predictor = Predictor(checkpoint, dam_arch, dam_weights, size, tta, device)
+        predictor = Predictor(checkpoint, dam_arch, dam_weights, size, tta, device, dam_input_size)
     except (DamWeightsError, FileNotFoundError, ValueError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None

@@ -11,21 +11,21 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar
 
 import numpy as np
 import torch
 from PIL import Image
 from tqdm import tqdm
 
-from pdfnet_pipeline import provenance
+from pdfnet_pipeline import provenance, runtime
+from pdfnet_pipeline.data.dataset import VAL_DEPTH, StoreDataset
 from pdfnet_pipeline.data.images import load_mask
-from pdfnet_pipeline.data.manifest import DIS_SPLITS, read_manifest
-from pdfnet_pipeline.device import pick_device, precision
+from pdfnet_pipeline.data.manifest import read_manifest
 from pdfnet_pipeline.eval.report import SheetRow, contact_sheet, plot_curves, write_tables
 from pdfnet_pipeline.eval.tta import predict_logits, to_native_uint8
 from pdfnet_pipeline.model.checkpoint import CheckpointError
-from pdfnet_pipeline.store import StoreError, open_read
+from pdfnet_pipeline.store import StoreError
 
 TEST_SPLITS = ("DIS-TE1", "DIS-TE2", "DIS-TE3", "DIS-TE4")
 ALL_TE = "DIS-TE (all)"
@@ -33,15 +33,17 @@ ALL_TE = "DIS-TE (all)"
 
 @dataclass
 class Config:
+    RENAMED: ClassVar[dict[str, str]] = {"amp": "precision"}  # refused, naming the new setting
+
     stores: Path = Path("stores")
     manifest: Path = Path("data_manifests/DIS5K.jsonl")
     run_dir: Path = Path("runs/pdfnet")
     checkpoint: Path | None = None  # default: the run's best checkpoint
     out: Path | None = None  # default: run_dir/eval
-    splits: list[str] = field(default_factory=lambda: list(DIS_SPLITS[1:]))
+    splits: list[str] = field(default_factory=list)  # empty: the manifest's splits but the training one
     tta: bool = False  # hflip x scales 0.75 / 1 / 1.25, logits averaged
     device: str = "auto"
-    amp: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 / fp16 on CUDA, fp32 on CPU
+    precision: runtime.PrecisionName = "auto"  # auto: bf16 (fp16 without bf16) on CUDA, fp32 on CPU
     metric_workers: int = 0  # 0: all cores
     sheet_rows: int = 3  # best and worst samples in the contact sheet
 
@@ -67,57 +69,75 @@ def _run_random_reasons(stores: list[Path], run_dir: Path) -> list[str]:
     return provenance.random_weight_reasons(stores, model, cfg.get("init_from", ""))
 
 
-def _predict_split(model, store: Path, out_dir: Path, cfg: Config, device, amp) -> list[dict]:
-    """Predict one split; returns per-sample dicts (id, row, pred path, depth thumbnail data)."""
-    from pdfnet_pipeline.data.augment import normalize_image
-    from pdfnet_pipeline.data.dataset import StoreDataset
+def _predict_split(model, ds, out_dir: Path, cfg: Config, device, prec: runtime.Precision) -> list[dict]:
+    """Predict one split's dataset; returns per-sample dicts (id, row, pred path)."""
+    from pdfnet_pipeline.data.batch import batch_inputs
 
-    ds = StoreDataset([store], train=False)
-    group = open_read(store)
-    orig = np.asarray(group["orig_size"][:])
+    st = ds.stores[0]
+    orig = st.orig_sizes
     out_dir.mkdir(parents=True, exist_ok=True)
     records = []
-    for i in tqdm(range(len(ds)), desc=f"predict {store.stem}", unit="img"):
-        s = ds[i]
-        image = normalize_image(s["image"][None].to(device))
-        depth = s["depth"][None, None].to(device).float()
-        with torch.no_grad(), torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            logits = predict_logits(model.predict, image, depth, tta=cfg.tta)
-        h, w = (int(v) for v in orig[int(ds.rows[i])])
+    for i in tqdm(range(len(ds)), desc=f"predict {st.split}", unit="img"):
+        item = ds[i]
+        batch = {k: item[k][None] for k in ("image", "depth")}
+        inputs = batch_inputs(batch, device)
+        with torch.no_grad(), prec.autocast(device):
+            logits = predict_logits(model.predict, inputs["image"], inputs["depth"], tta=cfg.tta)
+        _, row = ds.locate(i)
+        h, w = (int(v) for v in orig[row])
         pred = to_native_uint8(logits, (h, w))[0, 0].cpu().numpy()
-        path = out_dir / f"{s['id']}.png"
+        path = out_dir / f"{item['id']}.png"
         Image.fromarray(pred).save(path)
-        records.append({"id": s["id"], "row": int(ds.rows[i]), "pred": path})
+        records.append({"id": item["id"], "row": row, "pred": path})
     return records
+
+
+def default_splits(manifest) -> list[str]:
+    """Every split of the manifest except the training one (DIS-TR)."""
+    from pdfnet_pipeline.data.manifest import DIS_SPLITS
+
+    return [s for s in manifest.splits() if s != DIS_SPLITS[0]]
+
+
+def _open_stores(cfg: Config, manifest) -> dict:
+    """split -> StoreDataset (validation view: the large depth map), checked against the manifest."""
+    splits = cfg.splits or default_splits(manifest)
+    if not splits:
+        raise StoreError(f"{cfg.manifest} holds no split to evaluate (only {manifest.splits()})")
+    out = {}
+    for split in splits:
+        ds = StoreDataset([cfg.stores / f"{split}.zarr"], train=False)
+        if ds.stores[0].manifest_sha256 != manifest.split_hash(split):
+            raise StoreError(
+                f"{ds.stores[0].path} was built from another manifest than {cfg.manifest} ({split}): "
+                f"rebuild it or use that manifest"
+            )
+        out[split] = ds
+    return out
 
 
 def run(cfg: Config) -> dict:
     from pdfnet_pipeline.eval import metrics as M
     from pdfnet_pipeline.model.checkpoint import load_model
 
-    device = pick_device(cfg.device)
-    amp, _ = precision(device, cfg.amp)
+    rt = runtime.init(cfg.device)
+    prec = runtime.precision(rt.device, cfg.precision)
     out = cfg.out or cfg.run_dir / "eval"
     ckpt = cfg.checkpoint or find_checkpoint(cfg.run_dir)
     manifest = read_manifest(cfg.manifest)
-    stores = {s: cfg.stores / f"{s}.zarr" for s in cfg.splits}
-    for split, path in stores.items():
-        recorded = dict(open_read(path).attrs).get("manifest_sha256")
-        if recorded != manifest.split_hash(split):
-            raise StoreError(
-                f"{path} was built from another manifest than {cfg.manifest} ({split}): rebuild it or use that manifest"
-            )
-    reasons = _run_random_reasons(list(stores.values()), cfg.run_dir)
+    datasets = _open_stores(cfg, manifest)
+    stores = {split: ds.stores[0] for split, ds in datasets.items()}
+    reasons = _run_random_reasons([st.path for st in stores.values()], cfg.run_dir)
     label = provenance.random_label(reasons)
     if label:
         print(label)
-    model = load_model(ckpt, map_location=device).to(device).eval()
-    print(f"eval {ckpt} on {', '.join(cfg.splits)}{' with TTA' if cfg.tta else ''} ({device})")
+    model = load_model(ckpt, map_location=rt.device).to(rt.device).eval()
+    print(f"eval {ckpt} on {', '.join(datasets)}{' with TTA' if cfg.tta else ''} ({rt.device})")
 
     mcfg = M.MetricsConfig(skeleton_cache=cfg.stores / ".gt_skeletons")  # GT skeletons reused across runs
     per_split, samples = {}, []
-    for split, path in stores.items():
-        records = _predict_split(model, path, out / "preds" / split, cfg, device, amp)
+    for split, ds in datasets.items():
+        records = _predict_split(model, ds, out / "preds" / split, cfg, rt.device, prec)
         gts = {e.id: e.mask_path(manifest.root) for e in manifest.split(split)}
         pairs = [(r["pred"], gts[r["id"]], r["id"]) for r in records]
         result = M.evaluate_pairs(pairs, workers=cfg.metric_workers or None, config=mcfg)
@@ -143,13 +163,13 @@ def _sheet(samples, stores, manifest, path: Path, n: int, label: str | None) -> 
     chosen = ranked[:n] + [r for r in ranked[-n:] if r not in ranked[:n]]
     rows = []
     for r in chosen:
-        g = open_read(stores[r["split"]])
+        sample = stores[r["split"]].sample(r["row"], (VAL_DEPTH,))
         entry = next(e for e in manifest.split(r["split"]) if e.id == r["id"])
         tag = "best" if r in ranked[:n] else "worst"
         gt = load_mask(entry.mask_path(manifest.root))
         native = (gt.shape[1], gt.shape[0])  # the store holds squares: show them at the photo's aspect
-        image = Image.fromarray(np.asarray(g["image"][r["row"]])).resize(native, Image.BILINEAR)
-        depth = Image.fromarray(np.asarray(g["depth/large"][r["row"]], dtype=np.float32)).resize(native, Image.BILINEAR)
+        image = Image.fromarray(sample.image).resize(native, Image.BILINEAR)
+        depth = Image.fromarray(sample.depth[VAL_DEPTH].astype(np.float32)).resize(native, Image.BILINEAR)
         rows.append(
             SheetRow(
                 f"{tag}: {r['split']} / {r['id']}  MAE {r['mae']:.4f}",

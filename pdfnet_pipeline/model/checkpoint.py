@@ -24,7 +24,8 @@ FORMAT = "pdfnet-pipeline-model"
 
 
 class CheckpointError(UserError, ValueError):
-    """A checkpoint that does not fit the model; the message lists every offending key."""
+    """A model file or training checkpoint that cannot be used (missing, another architecture or
+    format, mismatched keys); the message names every offending file or key."""
 
 
 def save_model(model: PDFNet, path: str | Path) -> None:

@@ -28,14 +28,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from pdfnet_pipeline.errors import UserError
+from pdfnet_pipeline.model.checkpoint import CheckpointError  # one error type for every checkpoint
 
 STATE_VERSION = 1
 # Model-config keys that do not change the architecture (the weights fit either way).
 NON_ARCH_KEYS = frozenset({"backbone_weights", "drop_path", "patch_grad", "fused_window_attn", "materialize_attention"})
-
-
-class CheckpointError(UserError, RuntimeError):
-    """A checkpoint that cannot be resumed (missing, other architecture, other format)."""
 
 
 class RunDirInUseError(UserError, FileExistsError):

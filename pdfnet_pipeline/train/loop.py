@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import math
 import random
 import shutil
 import time
@@ -27,14 +26,14 @@ import torch
 from PIL import Image, ImageDraw
 
 from pdfnet_pipeline import config as cfgmod
-from pdfnet_pipeline import provenance
-from pdfnet_pipeline.data.dataset import EpochSampler, ShardSampler, StoreDataset, make_loader, to_device
-from pdfnet_pipeline.device import precision
+from pdfnet_pipeline import provenance, runtime
+from pdfnet_pipeline.data.batch import batch_inputs
+from pdfnet_pipeline.data.dataset import EpochSampler, ShardSampler, StoreDataset, make_loader
 from pdfnet_pipeline.errors import UserError
+from pdfnet_pipeline.model.checkpoint import CheckpointError
 from pdfnet_pipeline.train import checkpoint as ckpt
-from pdfnet_pipeline.train import ddp
-from pdfnet_pipeline.train.optim import build_optimizer, lr_at, set_lr
-from pdfnet_pipeline.train.stage import Config
+from pdfnet_pipeline.train.config import Config
+from pdfnet_pipeline.train.optim import Window, accumulation_windows, build_optimizer, lr_at, set_lr
 from pdfnet_pipeline.train.validate import ValScores, to_u8
 
 
@@ -65,23 +64,22 @@ def build_model(cfg: Config) -> torch.nn.Module:
 def init_weights(model: torch.nn.Module, source: str, model_config: dict) -> Path:
     """Fine-tuning start: a project model file (model.checkpoint.save_model, e.g. a converted
     release) or the latest model of a run / checkpoints / checkpoint directory. Returns the file."""
-    from pdfnet_pipeline.model.checkpoint import CheckpointError as ModelCheckpointError
     from pdfnet_pipeline.model.checkpoint import read_config
 
     path = Path(source)
     if not path.exists():
-        raise ckpt.CheckpointError(f"init_from {source}: no such file or directory")
+        raise CheckpointError(f"init_from {source}: no such file or directory")
     if path.is_dir():
         path = ckpt.resolve(path) / "model.safetensors"
     try:
         saved = asdict(read_config(path))
-    except ModelCheckpointError as err:
-        raise ckpt.CheckpointError(
+    except CheckpointError as err:
+        raise CheckpointError(
             f"init_from {source}: {err} (convert a reference .pth with `pdfnet-pipeline model convert`)"
         ) from err
     diff = ckpt.arch_diff(saved, model_config)
     if diff:
-        raise ckpt.CheckpointError(
+        raise CheckpointError(
             f"init_from {path}: its architecture differs from this run's model config "
             f"(key: (checkpoint, this run)): {diff}; set model.* to match or pick another checkpoint"
         )
@@ -140,12 +138,12 @@ class RunLog:
 @dataclass
 class Trainer:
     cfg: Config
-    d: ddp.Dist
+    rt: runtime.Runtime
     model: torch.nn.Module  # plain module (checkpoints, predict)
     train_model: torch.nn.Module  # what the step calls: DDP and/or compiled wrapper
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
-    autocast_dtype: torch.dtype | None
+    precision: runtime.Precision
     state: ckpt.TrainState
     log: RunLog
     model_config: dict
@@ -153,16 +151,16 @@ class Trainer:
 
     @property
     def device(self) -> torch.device:
-        return self.d.device
+        return self.rt.device
 
     def autocast(self):
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
+        return self.precision.autocast(self.device)
 
     def save(self) -> Path | None:
-        rng = ddp.gather_objects(ckpt.torch_rng_state(), self.d)
-        self.state.extra["world"] = self.d.world  # a mid-epoch resume must use the same world size
+        rng = self.rt.gather(ckpt.torch_rng_state())
+        self.state.extra["world"] = self.rt.world  # a mid-epoch resume must use the same world size
         path = None
-        if self.d.main:
+        if self.rt.main:
             path = ckpt.save_checkpoint(
                 self.cfg.run_dir / "checkpoints",
                 self.model,
@@ -174,12 +172,12 @@ class Trainer:
                 keep=self.cfg.keep,
                 rank_rng=rng,
             )
-        ddp.barrier(self.d)
+        self.rt.barrier()
         return path
 
     def micro_step(self, batch: dict, weight: float, sync: bool) -> torch.Tensor:
-        inputs = to_device(batch, self.device)
-        no_sync = self.d.enabled and not sync and hasattr(self.train_model, "no_sync")
+        inputs = batch_inputs(batch, self.device)
+        no_sync = self.rt.distributed and not sync and hasattr(self.train_model, "no_sync")
         with self.train_model.no_sync() if no_sync else contextlib.nullcontext():
             with self.autocast():
                 out = self.train_model(**inputs)
@@ -187,57 +185,58 @@ class Trainer:
             self.scaler.scale(loss * weight).backward()
         return loss.detach()
 
-    def optimizer_step(
-        self, window: list[tuple[list[str], torch.Tensor, float]], total_steps: int, epoch: int
-    ) -> tuple[float, float]:
-        """Check the window for NaN/inf (all ranks agree), then step. Returns (loss, grad norm)."""
+    def optimizer_step(self, window: list[tuple[list[str], torch.Tensor, float]], total_steps: int, epoch: int):
+        """Clip, check for NaN/inf (all ranks agree), step. Returns (loss, grad norm) as floats."""
         if self.scaler.is_enabled():
             self.scaler.unscale_(self.optimizer)
-        clip = self.cfg.optim.clip_grad if self.cfg.optim.clip_grad > 0 else float("inf")
         params = [p for p in self.model.parameters() if p.grad is not None]
+        clip = self.cfg.optim.clip_grad if self.cfg.optim.clip_grad > 0 else float("inf")
         gnorm = torch.nn.utils.clip_grad_norm_(params, clip).float() if params else torch.zeros((), device=self.device)
         loss = sum(part * w for _, part, w in window)
-        bad_loss = (~torch.isfinite(loss)).float()
-        bad_grad = (~torch.isfinite(gnorm)).float() * (0.0 if self.scaler.is_enabled() else 1.0)
-        packed = ddp.all_reduce(torch.stack([loss.float() / self.d.world, bad_loss, bad_grad]).to(self.device), self.d)
-        if packed[1] > 0 or packed[2] > 0:
+        # With a GradScaler, inf gradients are its business (it skips the step); without one they stop the run.
+        grad_counts = 0.0 if self.scaler.is_enabled() else 1.0
+        flags = torch.stack(
+            [loss.float() / self.rt.world, (~loss.isfinite()).float(), (~gnorm.isfinite()) * grad_counts]
+        )
+        mean_loss, bad_loss, bad_grad = self.rt.all_reduce(flags.to(self.device)).tolist()  # one host read
+        if bad_loss or bad_grad:
             self.optimizer.zero_grad(set_to_none=True)
-            bad_ids = [i for ids, part, _ in window if not torch.isfinite(part) for i in ids] or [
-                i for ids, _, _ in window for i in ids
-            ]
-            what = "loss" if packed[1] > 0 else "gradients"
-            raise NonFiniteError(
-                f"non-finite {what} at optimizer step {self.state.step + 1} (epoch {epoch}) on rank {self.d.rank}, "
-                f"samples {bad_ids}; stopped before updating. Last good checkpoint: "
-                f"{self.cfg.run_dir / 'checkpoints'} (untouched)"
-            )
+            raise self._non_finite("loss" if bad_loss else "gradients", window, epoch)
         set_lr(self.optimizer, lr_at(self.state.step, total_steps, self.cfg.optim))
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.state.step += 1
-        return packed[0].item(), gnorm.item()
+        return mean_loss, gnorm.item()
+
+    def _non_finite(self, what: str, window, epoch: int) -> NonFiniteError:
+        ids = [i for ids, part, _ in window if not torch.isfinite(part) for i in ids]
+        ids = ids or [i for ids, _, _ in window for i in ids]
+        return NonFiniteError(
+            f"non-finite {what} at optimizer step {self.state.step + 1} (epoch {epoch}) on rank {self.rt.rank}, "
+            f"samples {ids}; stopped before updating. Last good checkpoint: "
+            f"{self.cfg.run_dir / 'checkpoints'} (untouched)"
+        )
 
     def run_epoch(self, epoch: int, loader, sampler: EpochSampler, total_steps: int) -> bool:
         """Train one epoch from state.position; returns True when max_steps stopped it."""
-        cfg, b, acc = self.cfg, self.cfg.batch_size, max(self.cfg.accum_steps, 1)
-        per_rank = sampler.n // self.d.world + (sampler.n % self.d.world > 0)  # DistributedSampler pads
-        micro = math.ceil(per_rank / b)
+        cfg, b = self.cfg, self.cfg.batch_size
+        windows = accumulation_windows(sampler.per_rank(), b, cfg.accum_steps)
+        acc = max(cfg.accum_steps, 1)
         sampler.set_epoch(epoch, start=self.state.position * b)
-        bar = self.log.bar(math.ceil(micro / acc), self.state.position // acc, f"epoch {epoch}", cfg.progress)
-        window, t0, seen = [], time.perf_counter(), 0
+        bar = self.log.bar(len(windows), self.state.position // acc, f"epoch {epoch}", cfg.progress)
+        pending, t0, seen = [], time.perf_counter(), 0
         self.train_model.train()
         for j, batch in enumerate(loader, start=self.state.position):
-            w0 = (j // acc) * acc
-            w1 = min(w0 + acc, micro)
-            n_window = min(w1 * b, per_rank) - w0 * b
+            win: Window = windows[j // acc]
             n = len(batch["id"])
-            window.append((batch["id"], self.micro_step(batch, n / n_window, sync=j + 1 == w1), n / n_window))
-            seen += n * self.d.world
-            if j + 1 < w1:
+            last = j + 1 == win.end
+            pending.append((batch["id"], self.micro_step(batch, win.weight(n), sync=last), win.weight(n)))
+            seen += n * self.rt.world
+            if not last:
                 continue
-            loss, gnorm = self.optimizer_step(window, total_steps, epoch)
-            window = []
+            loss, gnorm = self.optimizer_step(pending, total_steps, epoch)
+            pending = []
             self.state.position = j + 1
             self.result.losses.append(loss)
             lr = self.optimizer.param_groups[0]["lr"]
@@ -247,16 +246,10 @@ class Trainer:
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", sps=f"{rate:.2f}")
             if cfg.log_every and self.state.step % cfg.log_every == 0:
                 self.log.write(
-                    kind="step",
-                    step=self.state.step,
-                    epoch=epoch,
-                    loss=loss,
-                    lr=lr,
-                    grad_norm=gnorm,
-                    samples_per_s=rate,
-                    time=time.time(),
-                )
-            if j + 1 == micro:  # the epoch's last step (no batch left): the epoch close-out logs, validates, saves
+                    kind="step", step=self.state.step, epoch=epoch, loss=loss, lr=lr,
+                    grad_norm=gnorm, samples_per_s=rate, time=time.time(),
+                )  # fmt: skip
+            if win is windows[-1]:  # the epoch's last step: the epoch close-out logs, validates, saves
                 continue
             if cfg.max_steps and self.state.step >= cfg.max_steps:
                 self.save()
@@ -272,18 +265,18 @@ class Trainer:
         self.model.eval()
         scores, saved = ValScores(self.device), 0
         for batch in loader:
-            inputs = to_device(batch, self.device)
+            inputs = batch_inputs(batch, self.device)
             with self.autocast():
                 logits = self.model.predict(inputs["image"], inputs["depth"])
             pred = to_u8(logits)
             gt = batch["mask"].to(self.device)
             scores.update(pred, gt)
-            if self.d.main and saved < self.cfg.val_images:
+            if self.rt.main and saved < self.cfg.val_images:
                 k = min(self.cfg.val_images - saved, pred.shape[0])
                 self.log.save_images(epoch, batch["id"][:k], batch["image"][:k], batch["mask"][:k], pred[:k])
                 saved += k
         self.model.train()
-        return ValScores.result(ddp.all_reduce(scores.packed(), self.d))
+        return ValScores.result(self.rt.all_reduce(scores.packed()))
 
 
 def check_run_dir(cfg: Config) -> list[Path]:
@@ -313,7 +306,7 @@ def check_mid_epoch_resume(state: ckpt.TrainState, saved: dict, cfg: Config, wor
     now = {"batch_size": cfg.batch_size, "accum_steps": cfg.accum_steps, "world size": world}
     changed = {k: (was[k], now[k]) for k in now if was[k] != now[k]}
     if changed:
-        raise ckpt.CheckpointError(
+        raise CheckpointError(
             f"cannot resume mid-epoch (epoch {state.epoch}, micro-batch {state.position}) with changed "
             f"{changed} (saved, now): the position would point at other samples. Resume with the saved "
             f"settings, or from a checkpoint at an epoch end"
@@ -327,66 +320,66 @@ def _clear_run_dir(run_dir: Path, old: list[Path]) -> None:
     shutil.rmtree(run_dir / "samples", ignore_errors=True)
 
 
-def _setup(cfg: Config, d: ddp.Dist, model: torch.nn.Module | None) -> Trainer:
+def _setup(cfg: Config, rt: runtime.Runtime, model: torch.nn.Module | None) -> Trainer:
     old = check_run_dir(cfg)  # before any work: a refused run costs nothing
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed_all(cfg.seed)  # same initial weights on every rank
-    model = (model or build_model(cfg)).to(d.device)
-    use_cl = cfg.channels_last and d.device.type == "cuda"
+    model = (model or build_model(cfg)).to(rt.device)
+    use_cl = cfg.channels_last and rt.device.type == "cuda"
     if use_cl:
         model = model.to(memory_format=torch.channels_last)
-    seed_all(cfg.seed + d.rank)  # rank-specific dropout / drop-path noise
-    dtype, needs_scaler = precision(d.device, cfg.precision)
-    scaler = torch.amp.GradScaler(d.device.type, enabled=needs_scaler)
-    optimizer = build_optimizer(model, cfg.optim, d.device)
+    seed_all(cfg.seed + rt.rank)  # rank-specific dropout / drop-path noise
+    prec = runtime.precision(rt.device, cfg.precision)
+    scaler = torch.amp.GradScaler(rt.device.type, enabled=prec.scaler)
+    optimizer = build_optimizer(model, cfg.optim, rt.device)
     model_config = asdict(cfg.model)
     ckpt_dir = cfg.run_dir / "checkpoints"
     state, resumed = ckpt.TrainState(), None
     if cfg.resume and (ckpt_dir / "latest.json").is_file():
-        state, saved = ckpt.load_checkpoint(ckpt_dir, model, optimizer, scaler, model_config=model_config, rank=d.rank)
-        check_mid_epoch_resume(state, saved, cfg, d.world)
+        state, saved = ckpt.load_checkpoint(ckpt_dir, model, optimizer, scaler, model_config=model_config, rank=rt.rank)
+        check_mid_epoch_resume(state, saved, cfg, rt.world)
         resumed = state.step
     elif cfg.init_from:
         init_weights(model, cfg.init_from, model_config)
-    if old and d.main:  # after init_from, which may name this very run directory
+    if old and rt.main:  # after init_from, which may name this very run directory
         _clear_run_dir(cfg.run_dir, old)
-    ddp.barrier(d)
+    rt.barrier()
     train_model = model
-    if d.enabled:
-        ids = [d.device.index] if d.device.type == "cuda" else None
+    if rt.distributed:
+        ids = [rt.device.index] if rt.device.type == "cuda" else None
         train_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=ids, find_unused_parameters=cfg.ddp_find_unused
         )
     if cfg.compile:
         train_model = torch.compile(train_model)
-    log = RunLog(cfg.run_dir, cfg, d.main, resumed)
+    log = RunLog(cfg.run_dir, cfg, rt.main, resumed)
     return Trainer(
         cfg,
-        d,
+        rt,
         model,
         train_model,
         optimizer,
         scaler,
-        dtype,
+        prec,
         state,
         log,
         model_config,
-        TrainResult(state=state, is_main=d.main),
+        TrainResult(state=state, is_main=rt.main),
     )
 
 
 def train(cfg: Config, model: torch.nn.Module | None = None) -> TrainResult:
     """Run (or resume) training as configured; `model` overrides building cfg.model (tests)."""
-    d = ddp.init(cfg.device)
+    rt = runtime.init(cfg.device)
     try:
-        return _train(_setup(cfg, d, model))
+        return _train(_setup(cfg, rt, model))
     finally:
-        ddp.shutdown(d)
+        rt.shutdown()
 
 
 def _train(t: Trainer) -> TrainResult:
-    cfg, d = t.cfg, t.d
+    cfg, rt = t.cfg, t.rt
     data = cfg.data
     train_ds = StoreDataset(
         data.train_stores,
@@ -396,21 +389,20 @@ def _train(t: Trainer) -> TrainResult:
         depth_inputs=data.depth_inputs,
         allow_incomplete=data.allow_incomplete,
     )
-    sampler = EpochSampler(len(train_ds), shuffle=True, seed=cfg.seed, rank=d.rank, world=d.world)
-    pin = d.device.type == "cuda"
+    sampler = EpochSampler(len(train_ds), shuffle=True, seed=cfg.seed, rank=rt.rank, world=rt.world)
+    pin = rt.device.type == "cuda"
     loader = make_loader(train_ds, sampler, data, cfg.batch_size, pin_memory=pin)
     val_loader = None
     if cfg.val_every and data.val_stores:
         val_ds = StoreDataset(data.val_stores, train=False, allow_incomplete=data.allow_incomplete)
         val_loader = make_loader(
             val_ds,
-            ShardSampler(len(val_ds), d.rank, d.world),
+            ShardSampler(len(val_ds), rt.rank, rt.world),
             dataclasses.replace(data),
             cfg.batch_size,
             pin_memory=pin,
         )
-    per_rank = math.ceil(len(train_ds) / d.world)
-    total_steps = cfg.epochs * math.ceil(math.ceil(per_rank / cfg.batch_size) / max(cfg.accum_steps, 1))
+    total_steps = cfg.epochs * len(accumulation_windows(sampler.per_rank(), cfg.batch_size, cfg.accum_steps))
     for epoch in range(t.state.epoch, cfg.epochs):
         t0, first = time.time(), len(t.result.losses)
         if t.run_epoch(epoch, loader, sampler, total_steps):
@@ -431,7 +423,7 @@ def _train(t: Trainer) -> TrainResult:
                 scores = None  # not a new best
         t.log.write(**record)
         path = t.save()
-        if scores is not None and d.main and path is not None:
+        if scores is not None and rt.main and path is not None:
             ckpt.mark_best(
                 cfg.run_dir / "checkpoints",
                 cfg.run_dir,

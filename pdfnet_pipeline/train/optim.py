@@ -61,3 +61,28 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, device: torch.devi
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr
+
+
+@dataclass(frozen=True)
+class Window:
+    """One optimizer step's micro-batches [start, end) of an epoch and the samples they hold."""
+
+    start: int
+    end: int
+    samples: int
+
+    def weight(self, micro_samples: int) -> float:
+        """A micro-batch's share of the step: the step is the mean over exactly the window's samples."""
+        return micro_samples / self.samples
+
+
+def accumulation_windows(samples: int, batch_size: int, accum_steps: int) -> list[Window]:
+    """An epoch of `samples` (per rank) in micro-batches of `batch_size`, grouped `accum_steps` to
+    an optimizer step; the last micro-batch and the last window may be shorter (pure, like lr_at)."""
+    micro = math.ceil(samples / batch_size)
+    acc = max(accum_steps, 1)
+    windows = []
+    for start in range(0, micro, acc):
+        end = min(start + acc, micro)
+        windows.append(Window(start, end, min(end * batch_size, samples) - start * batch_size))
+    return windows

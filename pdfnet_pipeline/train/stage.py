@@ -7,45 +7,9 @@ environment torchrun sets).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Literal
+from pdfnet_pipeline.train.config import Config
 
-from pdfnet_pipeline.data.dataset import DataConfig
-from pdfnet_pipeline.model import PDFNetConfig
-from pdfnet_pipeline.train.optim import OptimConfig
-
-
-@dataclass
-class Config:
-    run_dir: Path = Path("runs/pdfnet")
-    seed: int = 0
-    epochs: int = 100
-    batch_size: int = 1  # per process
-    accum_steps: int = 1  # micro-batches per optimizer step (the last window of an epoch may be shorter)
-    max_steps: int = 0  # stop (with a checkpoint) after this many optimizer steps; 0 = run all epochs
-    device: str = "auto"  # auto = cuda:LOCAL_RANK when available, else cpu
-    precision: Literal["auto", "float32", "bf16", "fp16"] = "auto"  # auto: bf16 (fp16 + scaler) on CUDA, fp32 on CPU
-    channels_last: bool = True  # applied on CUDA only (where it speeds up the convs)
-    compile: bool = False
-    threads: int = 0  # torch CPU threads; 0 = torch's default
-    resume: bool = False  # continue exactly from run_dir's latest checkpoint
-    overwrite: bool = False  # resume=false over a run_dir holding checkpoints: delete them (else refused)
-    init_from: str = ""  # fine-tune: a model .safetensors (e.g. converted release) or a run/checkpoint dir
-    ckpt_every: int = 0  # optimizer steps between mid-epoch checkpoints; 0 = at epoch ends only
-    keep: int = 3  # recent checkpoints kept (plus latest and best)
-    log_every: int = 10  # optimizer steps between metrics.jsonl lines
-    val_every: int = 1  # epochs between validations; 0 = never
-    val_images: int = 4  # validation predictions saved as PNG per validation
-    ddp_find_unused: bool = False
-    progress: bool = True  # tqdm bar on rank 0
-    data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    model: PDFNetConfig = field(
-        default_factory=lambda: PDFNetConfig(
-            backbone_weights="swin_base_patch4_window12_384.ms_in22k_ft_in1k", drop_path=0.1
-        )
-    )
+__all__ = ["Config", "run"]
 
 
 def run(cfg: Config) -> None:
