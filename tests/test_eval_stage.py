@@ -86,6 +86,25 @@ def test_all_te_column_needs_all_four_test_splits(built, tmp_path):
 
 
 @pytest.mark.slow
+def test_default_splits_are_the_manifests_but_training_and_a_named_missing_one_is_an_error(built, tmp_path):
+    """Custom data with only DIS-TR and DIS-VD (the documented fine-tuning layout) evaluates DIS-VD
+    with no --set splits=...; naming a split without a store still fails by name."""
+    from pdfnet_pipeline.store import StoreError
+
+    root, manifest, ckpt = built
+    custom = tmp_path / "custom.jsonl"
+    lines = manifest.read_text().splitlines()
+    vd = [ln for ln in lines[1:] if json.loads(ln)["split"] == "DIS-VD"]
+    tr = [json.dumps({**json.loads(ln), "split": "DIS-TR"}) for ln in vd]  # a training split, no store needed
+    custom.write_text("\n".join([lines[0], *tr, *vd]) + "\n")
+    stage, cfg = _eval_cfg(root, custom, ckpt, splits=[], out=str(tmp_path / "ev"))
+    assert set(stage.run(cfg)) == {"DIS-VD"}
+    stage, cfg = _eval_cfg(root, custom, ckpt, splits=["DIS-VD", "DIS-TE9"], out=str(tmp_path / "ev2"))
+    with pytest.raises(StoreError, match=r"DIS-TE9.zarr: no such store"):
+        stage.run(cfg)
+
+
+@pytest.mark.slow
 def test_eval_refuses_a_store_from_another_manifest(built, tmp_path):
     root, manifest, ckpt = built
     other = tmp_path / "other.jsonl"
