@@ -1,6 +1,6 @@
 """The `pdfnet-pipeline` command line: parses arguments and dispatches, nothing more.
 
-Heavy imports (torch, transformers, zarr) happen inside the commands so `--help` stays instant.
+Heavy imports (torch, transformers, zarr, cv2) happen inside the commands so `--help` stays light.
 Stages and benchmarks are looked up by name in small registries: each names a module exposing a
 `Config` dataclass and `run(config)`.
 """
@@ -119,23 +119,17 @@ def bench(
 
 
 def _register_commands() -> None:
-    """Component command modules add their commands to the sub-apps above."""
+    """Component command modules add their commands to the sub-apps above. They import only typer
+    at module level, so `--help` imports neither torch nor cv2 (tests/test_light_cli.py)."""
+    from pdfnet_pipeline import store_commands
     from pdfnet_pipeline.data import commands as data_commands
+    from pdfnet_pipeline.eval import commands as eval_commands
+    from pdfnet_pipeline.model import commands as model_commands
 
     data_commands.register(data_app)
-    for mod, target in (
-        ("pdfnet_pipeline.model.commands", model_app),
-        ("pdfnet_pipeline.store_commands", store_app),
-        ("pdfnet_pipeline.eval.commands", app),
-        ("pdfnet_pipeline.eval.predict", app),
-    ):
-        try:
-            module = importlib.import_module(mod)
-        except ModuleNotFoundError as err:
-            if err.name != mod:
-                raise
-            continue
-        module.register(target)
+    model_commands.register(model_app)
+    store_commands.register(store_app)
+    eval_commands.register(app)
 
 
 _register_commands()

@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from pdfnet_pipeline.errors import UserError
+from pdfnet_pipeline.repo_data import repo_dir
 from pdfnet_pipeline.runtime import OLD_PRECISION_SPELLINGS
 
 T = TypeVar("T")
 
-STAGES_DIR = Path(__file__).resolve().parent.parent / "stages"
+STAGES_DIR = repo_dir("stages", "stages")
 
 
 class ConfigError(UserError, ValueError):

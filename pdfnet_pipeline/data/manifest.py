@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from pdfnet_pipeline.data.images import DEFAULT_MAX_PIXELS, BadInputError, load_pair
 from pdfnet_pipeline.errors import UserError
+from pdfnet_pipeline.repo_data import repo_dir
 
 FORMAT = "pdfnet-manifest"
 VERSION = 1
@@ -27,7 +28,7 @@ IMAGE_DIRS = ("im", "images")
 MASK_DIRS = ("gt", "masks")
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 MASK_EXTS = {".png", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg"}
-OFFICIAL_DIR = Path(__file__).resolve().parents[2] / "data_manifests" / "official"
+OFFICIAL_DIR = repo_dir("data_manifests/official", "official_lists")
 
 
 class ManifestError(UserError, ValueError):

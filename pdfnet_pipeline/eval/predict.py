@@ -4,17 +4,16 @@ Per image: decode (EXIF applied), DAM v2 large depth exactly as the depth stage 
 (518² input, 1024² output, min-max), the image resized to 1024² with the store's filter, PDFNet
 (optionally with TTA), sigmoid, resize back to the photo's size. Writes `<stem>.png` (8-bit mask)
 and `<stem>_cutout.png` (RGBA: the photo with the mask as alpha). Bad files are reported by name
-and skipped; the others still run.
+and skipped; the others still run. The command itself lives in eval/commands.py, so `--help`
+does not import this module.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
 
 import numpy as np
 import torch
-import typer
 from PIL import Image
 from tqdm import tqdm
 
@@ -96,47 +95,3 @@ def predict_files(paths: list[Path], out: Path, predictor: Predictor) -> tuple[l
         Image.fromarray(np.dstack([rgb, mask]), "RGBA").save(out / f"{path.stem}_cutout.png")
         written.append(out / f"{path.stem}.png")
     return written, errors
-
-
-def predict_command(
-    images: Annotated[list[Path], typer.Argument(help="Image files and/or folders of images.")],
-    checkpoint: Annotated[
-        Path, typer.Option(help="PDFNet checkpoint (.safetensors; convert a .pth with `model convert`).")
-    ],
-    out: Annotated[Path, typer.Option(help="Folder for <stem>.png masks and <stem>_cutout.png RGBA cut-outs.")] = Path(
-        "predictions"
-    ),
-    dam_weights: Annotated[
-        str, typer.Option(help="DAM v2 large weights: hub, a hub id, a local folder, or random.")
-    ] = "hub",
-    dam_arch: Annotated[str, typer.Option(help="DAM v2 size for the depth input.")] = "large",
-    dam_input_size: Annotated[int, typer.Option(help="DAM v2 input side (the depth stage's input_size).")] = 518,
-    size: Annotated[int, typer.Option(help="Network input side (multiple of 256).")] = 1024,
-    tta: Annotated[bool, typer.Option(help="Flip x 3 scales test-time augmentation.")] = False,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1 ...")] = "auto",
-    strict: Annotated[bool, typer.Option(help="Exit non-zero if any image could not be read.")] = False,
-) -> None:
-    """Predict a mask and an RGBA cut-out for each image at the image's own resolution."""
-    from pdfnet_pipeline.depth.dam import DamWeightsError
-
-    paths = collect_images(images)
-    if not paths:
-        typer.echo("error: no images found", err=True)
-        raise typer.Exit(2)
-    try:
-        predictor = Predictor(checkpoint, dam_arch, dam_weights, size, tta, device, dam_input_size)
-    except (DamWeightsError, FileNotFoundError, ValueError) as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from None
-    if predictor.random:
-        typer.echo("warning: RANDOM-WEIGHT depth model: these masks show the pipeline, not PDFNet", err=True)
-    written, errors = predict_files(paths, out, predictor)
-    for line in errors:
-        typer.echo(f"skipped: {line}", err=True)
-    typer.echo(f"wrote {len(written)} masks and cut-outs to {out} ({len(errors)} skipped)")
-    if errors and strict:
-        raise typer.Exit(1)
-
-
-def register(app: typer.Typer) -> None:
-    app.command("predict")(predict_command)

@@ -1,0 +1,95 @@
+"""Each benchmark runs end to end on a tiny config and prints its table: every row there, every
+figure a finite positive number. Keeps `pdfnet-pipeline bench NAME` from rotting; the figures
+themselves are the benches' business (no timing is asserted).
+"""
+
+import math
+import re
+
+import pytest
+from typer.testing import CliRunner
+
+from pdfnet_pipeline.bench import data, depth, model, train
+from pdfnet_pipeline.cli import app
+
+
+def positive(text: str) -> float:
+    value = float(text.rstrip("x").removesuffix("/s"))
+    assert math.isfinite(value) and value > 0, text
+    return value
+
+
+def rows(out: str, pattern: str) -> list[re.Match]:
+    return [m for line in out.splitlines() if (m := re.fullmatch(pattern, line.strip()))]
+
+
+def test_bench_depth(capsys):
+    depth.run(
+        depth.Config(images=2, batch_sizes=[1, 2], size=64, input_size=56, device="cpu", workers=0, write_threads=1)
+    )
+    out = capsys.readouterr().out
+    table = rows(
+        out, r"(reference-style per-image loop|stage depth \(store: image\+mask\+map\))\s+(\d+)\s+(\S+)\s+(\S+)"
+    )
+    assert [(m[1].split()[0], int(m[2])) for m in table] == [("reference-style", 1), ("stage", 1), ("stage", 2)]
+    for m in table:
+        assert all(positive(v) for v in (m[3], m[4]))  # img/s, ratio to the loop
+    assert float(table[0][4]) == 1.0  # the loop is the baseline of the "vs loop" column
+    store_mb, map_mb, png_mb = re.search(
+        r"store (\S+) MB .* adds ~(\S+) MB\); reference 8-bit PNG (\S+) MB", out
+    ).groups()
+    assert positive(store_mb) >= positive(map_mb)
+    assert math.isfinite(float(png_mb))  # 64² 8-bit PNGs are < 5 kB: printed as 0.00 MB
+
+
+@pytest.mark.slow  # two tiny-model passes at 256² with each attention: ~1 min on 2 shared cores
+def test_bench_model(capsys):
+    cfg = model.Config(sizes=[256], preset="tiny", device="cpu", warmup=False)
+    model.run(cfg)
+    out = capsys.readouterr().out
+    table = rows(out, r"256 (forward|train)\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)")
+    assert [m[1] for m in table] == ["forward", "train"]
+    for m in table:
+        assert all(positive(v) for v in (m[2], m[4]))  # seconds, sdpa and materialised
+        # Peak memory on the CPU is the resident-size rise during the pass (never below 0); a tiny
+        # model's can print as 0.00 GiB.
+        assert all(math.isfinite(float(m[i])) and float(m[i]) >= 0 for i in (3, 5))
+
+
+def test_bench_data(capsys):
+    cfg = data.Config(size=64, samples=3, distinct=2, sizes=[[96, 64], [64, 96]], workers=[0, 1], repeats=1)
+    results = data.run(cfg)
+    out = capsys.readouterr().out
+    assert sorted(results) == [0, 1]
+    for w in (0, 1):
+        table = rows(out, rf"{w} (ours|official)\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)")
+        assert sorted(m[1] for m in table) == ["official", "ours"]
+        for m in table:
+            assert all(positive(m[i]) for i in range(2, 6))  # whole min/median, steady min/median
+        for path in ("ours", "official"):
+            r = results[w][path]
+            assert r["whole_min"] == r["whole_median"] > 0  # one repeat: the min is the median
+        (ratio,) = rows(out, rf"{w} ratio\s+(\S+)x\s+(\S+)x.*")
+        want = results[w]["ours"]["whole_median"] / results[w]["official"]["whole_median"]
+        assert float(ratio[1]) == pytest.approx(want, abs=0.006)  # printed with 2 decimals
+
+
+@pytest.mark.slow  # two tiny-model training steps at 256² (AdamW): ~1 min on 2 shared cores
+def test_bench_train(capsys):
+    train.run(train.Config(size=256, preset="tiny", device="cpu", steps=1))
+    (m,) = rows(capsys.readouterr().out, r"batch\s+1: (\S+) steps/s, (\S+) samples/s, peak (\S+) GiB")
+    assert math.isclose(positive(m[1]), positive(m[2]), abs_tol=0.005)  # batch 1: a sample per step
+    assert positive(m[3])  # the process's peak RSS, model and optimizer included
+
+
+def test_bench_metrics_through_the_cli():
+    sets = ["megapixels=[0.01]", "images=2", "workers=2"]
+    res = CliRunner().invoke(app, ["bench", "metrics", *[a for s in sets for a in ("--set", s)]])
+    assert res.exit_code == 0, res.output
+    table = rows(res.output, r"(\d+)x(\d+) (.+?)\s+(\d) +(\S+) +(\S+) +(\S+)")
+    labels = ["pysodmetrics 1.6.2 as-is", "ours, cold skeleton cache", "ours, warm skeleton cache"]
+    assert [(m[3], int(m[4])) for m in table] == [(label, p) for p in (1, 2) for label in labels]
+    for m in table:
+        assert int(m[1]) * int(m[2]) > 9000  # ~0.01 MP
+        assert all(positive(v) for v in (m[5], m[6]))  # images/s, ratio to the reference
+        assert float(m[7]) <= 1e-9  # ours against the reference's aggregates
