@@ -32,13 +32,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from pdfnet_pipeline.data import augment as aug
 from pdfnet_pipeline.data.dataset import DataConfig, EpochSampler, StoreDataset, make_loader
 
-# The official loader runs torch's default (fork) workers; ours the project's forkserver ones.
-START = {"ours": "forkserver", "official": "fork"}
 DIS_SIZES = [(1920, 1080), (2048, 1536), (2592, 1944), (1944, 2592), (3000, 2000), (3264, 2448)]  # W, H
 
 
@@ -161,13 +159,17 @@ def _build(tmp: Path, cfg: Config) -> tuple[Path, Path, list[str]]:
     return tmp / "bench.zarr", files, names
 
 
-def _epochs(dataset, cfg: Config, workers: int, start_method: str) -> tuple[float, float]:
+def _epochs(dataset, cfg: Config, workers: int) -> tuple[float, float]:
     """(whole first epoch with worker start-up, steady-state next epoch) in samples/s."""
     sampler = EpochSampler(len(dataset), shuffle=True, seed=cfg.seed)
     rates = []
     t0 = time.perf_counter()
-    data_cfg = DataConfig(workers=workers, start_method=start_method)
-    loader = make_loader(dataset, sampler, data_cfg, cfg.batch_size)
+    if isinstance(dataset, StoreDataset):
+        loader = make_loader(dataset, sampler, DataConfig(workers=workers), cfg.batch_size)
+    else:  # what the official code builds: a plain DataLoader, torch's default (fork) workers
+        loader = DataLoader(
+            dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=workers, persistent_workers=workers > 0
+        )
     for epoch in range(2):
         sampler.set_epoch(epoch)
         n = sum(batch["image"].shape[0] for batch in loader)
@@ -178,6 +180,11 @@ def _epochs(dataset, cfg: Config, workers: int, start_method: str) -> tuple[floa
 
 
 def run(cfg: Config) -> dict:
+    import cv2
+
+    # Forked baseline workers hang in OpenCV if this process has started OpenCV's thread pool
+    # (the reason our loader uses a forkserver); the inputs are built single-threaded instead.
+    cv2.setNumThreads(1)
     results: dict = {}
     with tempfile.TemporaryDirectory(prefix="bench-data-") as tmp:
         t0 = time.perf_counter()
@@ -200,7 +207,7 @@ def run(cfg: Config) -> dict:
             runs = {k: [] for k in paths}
             for _ in range(cfg.repeats):
                 for name in order.permutation(list(paths)):  # unbiased order each repeat
-                    runs[name].append(_epochs(paths[name], cfg, w, START[name]))
+                    runs[name].append(_epochs(paths[name], cfg, w))
             results[w] = {k: _summary(v) for k, v in runs.items()}
         _print(results)
     return results
