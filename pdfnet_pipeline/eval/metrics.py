@@ -166,7 +166,7 @@ def measure(pred: np.ndarray, gt: np.ndarray, name: str, cache: SkeletonCache,
     return ImageMetrics(
         name=name,
         max_f=float(f_curve.max()),
-        weighted_f=core.weighted_f(lv.value[pred], gt_bin),
+        weighted_f=core.weighted_f(pred, gt_bin, lv),
         s_measure=core.s_measure(pred, gt_bin, quads, cyx, lv),
         mean_e=float(e_curve.mean()),
         mae=core.mae(hist, lv),
