@@ -1,125 +1,251 @@
-"""Images/s of the six DIS metrics: this package vs pysodmetrics 1.6.2 as-is.
+"""The six DIS metrics: `pdfnet-pipeline metrics` against the pysodmetrics script a user runs today.
 
-    pdfnet-pipeline bench metrics [--set images=8 --set megapixels=[1.0,5.0] --set workers=0]
+    pdfnet-pipeline bench metrics [--set pairs=20 --set megapixels=[2.0,8.0] --set repeats=3]
+    pdfnet-pipeline bench metrics --set tiny=true      # a seconds-long smoke run
 
-Synthetic DIS-like pairs (blobs and 1-3 px wires, prediction = blurred, noisy, shifted GT) at
-each size, held in memory so only the metrics are timed (pool start-up included). Rows: the
-reference (the six pysodmetrics classes' `step`, HCE's own binarisation), ours with a cold GT
-skeleton cache (first evaluation of a dataset) and warm (every later one), each with 1 process
-and all cores. The last column checks ours against the reference's aggregates.
+Baseline (what a user evaluates DIS predictions with today, written from pysodmetrics 1.6.2's
+documented use): one Python process that, for each GT PNG in sorted order, reads the prediction
+and the GT with `cv2.imread(..., cv2.IMREAD_GRAYSCALE)` and calls `step(pred=..., gt=...)` on
+pysodmetrics' Fmeasure, WeightedFmeasure, Smeasure, Emeasure, MAE and
+HumanCorrectionEffortMeasure (which skeletonises each GT with scikit-image, every run), then
+prints max F, weighted F, mean E, S, MAE and HCE. pysodmetrics has no worker pool: one core.
+
+Ours: `python -m pdfnet_pipeline.cli metrics --pred DIR --gt DIR --hce-binarize pysodmetrics`
+(HCE binarised as HumanCorrectionEffortMeasure.step does, so the values compare), with 1 worker
+and with every core, a cold GT skeleton cache (an empty folder: a dataset's first evaluation)
+and a warm one (filled by an earlier run: every later evaluation).
+
+Inputs: generated DIS-like pairs (a few large parts, dozens of 1-4 px wires, holes; the
+prediction with soft edges, missed wires, false blobs and low-confidence haze) written as PNGs
+to a temporary folder, sizes spread evenly over `megapixels`. Two tables:
+- whole run: each configuration as a separate process, start-up included; every repeat runs all
+  configurations in a fresh random order (seeded) so drift on a shared machine spreads evenly;
+- steady state: seconds per image inside one process (imports done, one thread for OpenCV),
+  baseline and ours (cold and warm skeleton) alternating per image, median over repeats.
+The last column of the whole-run table is the largest difference of the six aggregates to the
+baseline's.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
 import warnings
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+BASELINE_SCRIPT = '''\
+"""pysodmetrics 1.6.2 over a folder, as its README shows: six metric classes, cv2 grayscale reads."""
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import cv2
+import py_sod_metrics as psm
+
+warnings.simplefilter("ignore")
+pred_dir, gt_dir = Path(sys.argv[1]), Path(sys.argv[2])
+fm, wfm, sm = psm.Fmeasure(), psm.WeightedFmeasure(), psm.Smeasure()
+em, mae, hce = psm.Emeasure(), psm.MAE(), psm.HumanCorrectionEffortMeasure()
+for gt_path in sorted(gt_dir.glob("*.png")):
+    pred = cv2.imread(str(pred_dir / gt_path.name), cv2.IMREAD_GRAYSCALE)
+    gt = cv2.imread(str(gt_path), cv2.IMREAD_GRAYSCALE)
+    for metric in (fm, wfm, sm, em, mae, hce):
+        metric.step(pred=pred, gt=gt)
+print(json.dumps({
+    "Fmax": float(fm.get_results()["fm"]["curve"].max()),
+    "Fw": float(wfm.get_results()["wfm"]),
+    "Em": float(em.get_results()["em"]["curve"].mean()),
+    "Sa": float(sm.get_results()["sm"]),
+    "MAE": float(mae.get_results()["mae"]),
+    "HCE": float(hce.get_results()["hce"]),
+}))
+'''
+
 
 @dataclass
 class Config:
-    megapixels: list[float] = field(default_factory=lambda: [1.0, 5.0])
-    images: int = 4  # pairs per size
-    workers: int = 0  # "all cores" row; 0 = every core this process may use
+    pairs: int = 20  # generated prediction / GT pairs
+    megapixels: list[float] = field(default_factory=lambda: [2.0, 8.0])  # size range, spread evenly
+    repeats: int = 3
+    workers: int = 0  # the "all cores" configuration; 0 = every core this process may use
+    steady_pairs: int = 4  # pairs timed per image in-process (the baseline takes seconds each)
     seed: int = 0
+    tiny: bool = False  # 2 pairs of 0.05 MP, 1 repeat: a smoke run in seconds
 
 
 def synth_pair(h: int, w: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A DIS-like (prediction, GT) pair of uint8 images."""
     import cv2
 
     rng = np.random.default_rng(seed)
-    gt = np.zeros((h, w), np.uint8)
     side = min(h, w)
-    for _ in range(6):
-        centre = (int(rng.integers(0, w)), int(rng.integers(0, h)))
-        cv2.circle(gt, centre, int(rng.integers(side // 20, side // 6)), 255, -1)
-    for _ in range(40):
-        p1 = (int(rng.integers(0, w)), int(rng.integers(0, h)))
-        p2 = (int(rng.integers(0, w)), int(rng.integers(0, h)))
-        cv2.line(gt, p1, p2, 255, int(rng.integers(1, 4)))
-    pred = cv2.GaussianBlur(gt.astype(np.float32), (0, 0), 2.0)
-    pred += rng.normal(0, 20, size=pred.shape).astype(np.float32)
-    pred = np.clip(0.7 * pred + 0.3 * np.roll(pred, 3, axis=1), 0, 255).astype(np.uint8)
-    return pred, gt
+
+    def point() -> tuple[int, int]:
+        return int(rng.integers(0, w)), int(rng.integers(0, h))
+
+    gt = np.zeros((h, w), np.uint8)
+    for _ in range(4):  # the object's body
+        axes = (int(rng.integers(side // 12, side // 4)), int(rng.integers(side // 12, side // 4)))
+        cv2.ellipse(gt, point(), axes, float(rng.uniform(0, 180)), 0, 360, 255, -1)
+    for _ in range(60):  # wires, legs, mesh: DIS's thin structures
+        cv2.line(gt, point(), point(), 255, int(rng.integers(1, 5)))
+    for _ in range(4):  # holes
+        cv2.circle(gt, point(), int(rng.integers(side // 60 + 1, side // 15 + 2)), 0, -1)
+    pred = gt.astype(np.float32)
+    for _ in range(15):  # missed thin parts
+        cv2.line(pred, point(), point(), 0, int(rng.integers(2, 6)))
+    for _ in range(3):  # false positives
+        cv2.circle(pred, point(), int(rng.integers(side // 80 + 1, side // 20 + 2)), 255, -1)
+    pred = cv2.GaussianBlur(pred, (0, 0), 1.5)  # soft edges
+    haze = cv2.resize(rng.random((6, 8), dtype=np.float32), (w, h)) ** 16 * 60  # low confidence
+    return np.clip(pred + haze, 0, 255).astype(np.uint8), gt
 
 
-def reference_pair(pair) -> dict:
-    """pysodmetrics as its README uses it: one step of each metric class."""
+def write_pairs(folder: Path, cfg: Config) -> list[tuple[Path, Path]]:
+    import cv2
+
+    (folder / "pred").mkdir(parents=True)
+    (folder / "gt").mkdir()
+    lo, hi = cfg.megapixels[0], cfg.megapixels[-1]
+    paths = []
+    for i, mp in enumerate(np.linspace(lo, hi, cfg.pairs)):
+        w = int(round(np.sqrt(mp * 1e6 * 4 / 3)))
+        h = int(round(mp * 1e6 / w))
+        pred, gt = synth_pair(h, w, cfg.seed + i)
+        pair = (folder / "pred" / f"{i:04d}.png", folder / "gt" / f"{i:04d}.png")
+        cv2.imwrite(str(pair[0]), pred)
+        cv2.imwrite(str(pair[1]), gt)
+        paths.append(pair)
+    return paths
+
+
+def _timed(cmd: list[str], env: dict) -> tuple[float, str]:
+    start = time.perf_counter()
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    seconds = time.perf_counter() - start
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr}")
+    return seconds, done.stdout
+
+
+def whole_runs(root: Path, cfg: Config, procs: int) -> None:
+    """Each configuration as its own process, interleaved in a fresh random order per repeat."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[2]), env.get("PYTHONPATH", "")])
+    script = root / "pysodmetrics_eval.py"
+    script.write_text(BASELINE_SCRIPT)
+    pred, gt = str(root / "pred"), str(root / "gt")
+    warm = root / "warm-cache"
+
+    def ours(workers: int, cache: Path) -> list[str]:
+        return [sys.executable, "-m", "pdfnet_pipeline.cli", "metrics", "--pred", pred, "--gt", gt,
+                "--workers", str(workers), "--hce-binarize", "pysodmetrics",
+                "--skeleton-cache", str(cache), "--json", str(root / "ours.json")]  # fmt: skip
+
+    configs = {"pysodmetrics script": (1, None), "ours, cold skeleton cache": (1, "cold"),
+               "ours, warm skeleton cache": (1, "warm")}  # fmt: skip
+    if procs > 1:
+        configs |= {"ours, cold skeleton cache ": (procs, "cold"), "ours, warm skeleton cache ": (procs, "warm")}
+    _timed(ours(procs, warm), env)  # fills the warm cache, outside the timings
+    times: dict[str, list[float]] = {name: [] for name in configs}
+    values: dict[str, dict] = {}
+    rng = np.random.default_rng(cfg.seed)
+    for _ in range(cfg.repeats):
+        for k in rng.permutation(len(configs)):
+            name = list(configs)[k]
+            workers, cache = configs[name]
+            if cache is None:
+                seconds, out = _timed([sys.executable, str(script), pred, gt], env)
+                values[name] = json.loads(out)
+            else:
+                folder = warm if cache == "warm" else Path(tempfile.mkdtemp(dir=root, prefix="cold-"))
+                seconds, _ = _timed(ours(workers, folder), env)
+                values[name] = json.loads((root / "ours.json").read_text())["metrics"]
+            times[name].append(seconds)
+    base = statistics.median(times["pysodmetrics script"])
+    ref = values["pysodmetrics script"]
+    print(f"whole run, {cfg.pairs} pairs, start-up included ({cfg.repeats} repeats, interleaved)")
+    print(f"| {'configuration':<27} | procs | min s  | median s | x script | max abs diff |")
+    print(f"|{'-' * 29}|-------|--------|----------|----------|--------------|")
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        diff = max(abs(values[name][k] - ref[k]) for k in ref)
+        print(f"| {name.strip():<27} | {configs[name][0]:>5} | {min(ts):6.2f} | {med:8.2f} | "
+              f"{base / med:8.2f} | {diff:12.1e} |")  # fmt: skip
+
+
+def steady_state(pairs: list[tuple[Path, Path]], cfg: Config) -> None:
+    """Seconds per image inside one process, one OpenCV thread, alternating implementations."""
+    import cv2
     import py_sod_metrics as psm
 
-    pred, gt = pair[0], pair[1]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ms = {"f": psm.Fmeasure(), "e": psm.Emeasure(), "s": psm.Smeasure(),
-              "w": psm.WeightedFmeasure(), "m": psm.MAE(), "h": psm.HumanCorrectionEffortMeasure()}  # fmt: skip
-        for m in ms.values():
-            m.step(pred=pred, gt=gt)
-    return {"f": ms["f"].changeable_fms[0], "e": ms["e"].changeable_ems[0], "s": ms["s"].sms[0],
-            "w": ms["w"].weighted_fms[0], "m": ms["m"].maes[0], "h": ms["h"].hces[0]}  # fmt: skip
+    from pdfnet_pipeline.eval.metrics import measure, read_gray
+    from pdfnet_pipeline.eval.metrics_hce import SkeletonCache
 
+    cv2.setNumThreads(1)
 
-def reference_summary(values: list[dict]) -> dict[str, float]:
-    return {"Fmax": float(np.mean([v["f"] for v in values], axis=0).max()),
-            "Fw": float(np.mean([v["w"] for v in values])),
-            "Em": float(np.mean([v["e"] for v in values], axis=0).mean()),
-            "Sa": float(np.mean([v["s"] for v in values])),
-            "MAE": float(np.mean([v["m"] for v in values])),
-            "HCE": float(np.mean([v["h"] for v in values]))}  # fmt: skip
+    def baseline(pred_path: Path, gt_path: Path) -> None:
+        pred = cv2.imread(str(pred_path), cv2.IMREAD_GRAYSCALE)
+        gt = cv2.imread(str(gt_path), cv2.IMREAD_GRAYSCALE)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for m in (psm.Fmeasure(), psm.WeightedFmeasure(), psm.Smeasure(), psm.Emeasure(), psm.MAE(),
+                      psm.HumanCorrectionEffortMeasure()):  # fmt: skip
+                m.step(pred=pred, gt=gt)
 
+    warm = SkeletonCache()
 
-def run_reference(pairs, workers: int) -> tuple[float, dict]:
-    import multiprocessing
+    def ours(pred_path: Path, gt_path: Path, cache: SkeletonCache) -> None:
+        measure(read_gray(pred_path), read_gray(gt_path), gt_path.stem, cache, "pysodmetrics")
 
-    start = time.perf_counter()
-    if workers == 1:
-        values = [reference_pair(p) for p in pairs]
-    else:
-        ctx = multiprocessing.get_context("forkserver")
-        with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-            values = list(pool.map(reference_pair, pairs))
-    return time.perf_counter() - start, reference_summary(values)
-
-
-def run_ours(pairs, workers: int, cache_dir: Path | None, cache=None) -> tuple[float, dict]:
-    from pdfnet_pipeline.eval.metrics import MetricsConfig, evaluate_pairs
-
-    cfg = MetricsConfig(hce_binarize="pysodmetrics", skeleton_cache=cache_dir)
-    start = time.perf_counter()
-    res = evaluate_pairs(pairs, workers=workers, config=cfg, cache=cache)
-    return time.perf_counter() - start, res.summary()
-
-
-def max_diff(a: dict, b: dict) -> float:
-    return max(abs(a[k] - b[k]) for k in a)
+    runs = {"pysodmetrics": baseline, "ours, cold skeleton cache": lambda p, g: ours(p, g, SkeletonCache()),
+            "ours, warm skeleton cache": lambda p, g: ours(p, g, warm)}  # fmt: skip
+    chosen = pairs[:: max(1, len(pairs) // cfg.steady_pairs)][: cfg.steady_pairs]
+    for p, g in chosen:
+        ours(p, g, warm)  # warm-up (and fills the warm cache) outside the timings
+    rng = np.random.default_rng(cfg.seed + 1)
+    per_image: dict[str, list[float]] = {name: [] for name in runs}
+    for p, g in chosen:
+        times: dict[str, list[float]] = {name: [] for name in runs}
+        for _ in range(cfg.repeats):
+            for k in rng.permutation(len(runs)):
+                name = list(runs)[k]
+                start = time.perf_counter()
+                runs[name](p, g)
+                times[name].append(time.perf_counter() - start)
+        for name in runs:
+            per_image[name].append(statistics.median(times[name]))
+    mp = [cv2.imread(str(g), cv2.IMREAD_GRAYSCALE).size / 1e6 for _, g in chosen]
+    print(f"\nsteady state, one process, 1 OpenCV thread: {len(chosen)} pairs of "
+          f"{min(mp):.1f}-{max(mp):.1f} MP, median of {cfg.repeats} per image")  # fmt: skip
+    print(f"| {'implementation':<27} | s/image (mean of medians) | min   | max   | x pysodmetrics |")
+    print(f"|{'-' * 29}|---------------------------|-------|-------|----------------|")
+    base = per_image["pysodmetrics"]
+    for name, ts in per_image.items():
+        ratios = [b / t for b, t in zip(base, ts)]
+        print(f"| {name:<27} | {np.mean(ts):25.3f} | {min(ts):5.2f} | {max(ts):5.2f} | "
+              f"{statistics.median(ratios):14.2f} |")  # fmt: skip
 
 
 def run(cfg: Config) -> None:
     from pdfnet_pipeline.eval.metrics import default_workers
-    from pdfnet_pipeline.eval.metrics_hce import SkeletonCache
 
-    all_cores = cfg.workers or default_workers()
-    print(f"metrics bench: {cfg.images} synthetic pairs per size, all cores = {all_cores} processes")
-    print(f"{'size':>9} {'implementation':<30} {'procs':>5} {'images/s':>9} {'x ref':>6} {'max |diff|':>11}")
-    for mp in cfg.megapixels:
-        w = int(round(np.sqrt(mp * 1e6 * 4 / 3)))
-        h = int(round(mp * 1e6 / w))
-        pairs = [(*synth_pair(h, w, cfg.seed + i), f"p{i}") for i in range(cfg.images)]
-        for procs in sorted({1, all_cores}):
-            t_ref, ref = run_reference(pairs, procs)
-            rows = [("pysodmetrics 1.6.2 as-is", t_ref, ref)]
-            with tempfile.TemporaryDirectory() as tmp:
-                if procs == 1:
-                    mem = SkeletonCache()
-                    rows.append(("ours, cold skeleton cache", *run_ours(pairs, 1, None, mem)))
-                    rows.append(("ours, warm skeleton cache", *run_ours(pairs, 1, None, mem)))
-                else:
-                    rows.append(("ours, cold skeleton cache", *run_ours(pairs, procs, Path(tmp))))
-                    rows.append(("ours, warm skeleton cache", *run_ours(pairs, procs, Path(tmp))))
-            for label, seconds, summary in rows:
-                print(f"{f'{w}x{h}':>9} {label:<30} {procs:>5} {len(pairs) / seconds:>9.2f} "
-                      f"{t_ref / seconds:>6.2f} {max_diff(summary, ref):>11.1e}")  # fmt: skip
+    if cfg.tiny:
+        cfg = Config(pairs=2, megapixels=[0.05, 0.05], repeats=1, workers=cfg.workers, steady_pairs=1, seed=cfg.seed)
+    procs = cfg.workers or default_workers()
+    print(f"metrics bench: cores this process may use = {default_workers()}, all-cores configuration = "
+          f"{procs} processes; {cfg.pairs} generated pairs of {cfg.megapixels[0]}-{cfg.megapixels[-1]} MP")  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="pdfnet-bench-metrics-") as tmp:
+        root = Path(tmp)
+        pairs = write_pairs(root, cfg)
+        whole_runs(root, cfg, procs)
+        steady_state(pairs, cfg)
