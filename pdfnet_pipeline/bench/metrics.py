@@ -137,8 +137,9 @@ def _timed(cmd: list[str], env: dict) -> tuple[float, str]:
     return seconds, done.stdout
 
 
-def whole_runs(root: Path, cfg: Config, procs: int) -> None:
-    """Each configuration as its own process, interleaved in a fresh random order per repeat."""
+def whole_runs(root: Path, cfg: Config, procs: int) -> dict[str, dict]:
+    """Each configuration as its own process, interleaved in a fresh random order per repeat.
+    Returns per configuration: processes, seconds of each repeat, max |aggregate - script's|."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[2]), env.get("PYTHONPATH", "")])
     script = root / "pysodmetrics_eval.py"
@@ -146,45 +147,46 @@ def whole_runs(root: Path, cfg: Config, procs: int) -> None:
     pred, gt = str(root / "pred"), str(root / "gt")
     warm = root / "warm-cache"
 
-    def ours(workers: int, cache: Path) -> list[str]:
+    def command(workers: int, cache: str | None) -> list[str]:
+        if cache is None:
+            return [sys.executable, str(script), pred, gt]
+        folder = warm if cache == "warm" else Path(tempfile.mkdtemp(dir=root, prefix="cold-"))
         return [sys.executable, "-m", "pdfnet_pipeline.cli", "metrics", "--pred", pred, "--gt", gt,
                 "--workers", str(workers), "--hce-binarize", "pysodmetrics",
-                "--skeleton-cache", str(cache), "--json", str(root / "ours.json")]  # fmt: skip
+                "--skeleton-cache", str(folder), "--json", str(root / "ours.json")]  # fmt: skip
 
-    configs = {"pysodmetrics script": (1, None), "ours, cold skeleton cache": (1, "cold"),
-               "ours, warm skeleton cache": (1, "warm")}  # fmt: skip
-    if procs > 1:
-        configs |= {"ours, cold skeleton cache ": (procs, "cold"), "ours, warm skeleton cache ": (procs, "warm")}
-    _timed(ours(procs, warm), env)  # fills the warm cache, outside the timings
-    times: dict[str, list[float]] = {name: [] for name in configs}
-    values: dict[str, dict] = {}
+    # (label, processes, skeleton cache); None: the pysodmetrics script
+    configs = [("pysodmetrics script", 1, None)]
+    for workers in sorted({1, procs}):
+        configs += [("ours, cold skeleton cache", workers, "cold"), ("ours, warm skeleton cache", workers, "warm")]
+    _timed(command(procs, "warm"), env)  # fills the warm cache, outside the timings
+    rows = {f"{label}, {n} proc": {"label": label, "procs": n, "seconds": []} for label, n, _ in configs}
     rng = np.random.default_rng(cfg.seed)
     for _ in range(cfg.repeats):
         for k in rng.permutation(len(configs)):
-            name = list(configs)[k]
-            workers, cache = configs[name]
-            if cache is None:
-                seconds, out = _timed([sys.executable, str(script), pred, gt], env)
-                values[name] = json.loads(out)
-            else:
-                folder = warm if cache == "warm" else Path(tempfile.mkdtemp(dir=root, prefix="cold-"))
-                seconds, _ = _timed(ours(workers, folder), env)
-                values[name] = json.loads((root / "ours.json").read_text())["metrics"]
-            times[name].append(seconds)
-    base = statistics.median(times["pysodmetrics script"])
-    ref = values["pysodmetrics script"]
+            label, n, cache = configs[k]
+            seconds, out = _timed(command(n, cache), env)
+            row = rows[f"{label}, {n} proc"]
+            row["seconds"].append(seconds)
+            row["values"] = (
+                json.loads(out) if cache is None else json.loads((root / "ours.json").read_text())["metrics"]
+            )
+    ref = rows["pysodmetrics script, 1 proc"]["values"]
+    base = statistics.median(rows["pysodmetrics script, 1 proc"]["seconds"])
     print(f"whole run, {cfg.pairs} pairs, start-up included ({cfg.repeats} repeats, interleaved)")
     print(f"| {'configuration':<27} | procs | min s  | median s | x script | max abs diff |")
     print(f"|{'-' * 29}|-------|--------|----------|----------|--------------|")
-    for name, ts in times.items():
-        med = statistics.median(ts)
-        diff = max(abs(values[name][k] - ref[k]) for k in ref)
-        print(f"| {name.strip():<27} | {configs[name][0]:>5} | {min(ts):6.2f} | {med:8.2f} | "
-              f"{base / med:8.2f} | {diff:12.1e} |")  # fmt: skip
+    for row in rows.values():
+        ts = row["seconds"]
+        row["diff"] = max(abs(row["values"][k] - ref[k]) for k in ref)
+        print(f"| {row['label']:<27} | {row['procs']:>5} | {min(ts):6.2f} | {statistics.median(ts):8.2f} | "
+              f"{base / statistics.median(ts):8.2f} | {row['diff']:12.1e} |")  # fmt: skip
+    return rows
 
 
-def steady_state(pairs: list[tuple[Path, Path]], cfg: Config) -> None:
-    """Seconds per image inside one process, one OpenCV thread, alternating implementations."""
+def steady_state(pairs: list[tuple[Path, Path]], cfg: Config) -> dict[str, list[float]]:
+    """Seconds per image inside one process, one OpenCV thread, alternating implementations.
+    Returns each implementation's median seconds per timed pair."""
     import cv2
     import py_sod_metrics as psm
 
@@ -234,9 +236,10 @@ def steady_state(pairs: list[tuple[Path, Path]], cfg: Config) -> None:
         ratios = [b / t for b, t in zip(base, ts)]
         print(f"| {name:<27} | {np.mean(ts):25.3f} | {min(ts):5.2f} | {max(ts):5.2f} | "
               f"{statistics.median(ratios):14.2f} |")  # fmt: skip
+    return per_image
 
 
-def run(cfg: Config) -> None:
+def run(cfg: Config) -> dict:
     from pdfnet_pipeline.eval.metrics import default_workers
 
     if cfg.tiny:
@@ -247,5 +250,4 @@ def run(cfg: Config) -> None:
     with tempfile.TemporaryDirectory(prefix="pdfnet-bench-metrics-") as tmp:
         root = Path(tmp)
         pairs = write_pairs(root, cfg)
-        whole_runs(root, cfg, procs)
-        steady_state(pairs, cfg)
+        return {"whole": whole_runs(root, cfg, procs), "steady": steady_state(pairs, cfg)}
