@@ -48,6 +48,17 @@ def joint_hist(codes: np.ndarray) -> np.ndarray:
     return counts.reshape(2, 256)
 
 
+def bbox(mask: np.ndarray, margin: int = 0) -> tuple[slice, slice] | None:
+    """Bounding box of a mask grown by `margin`, clipped to the image; None when it is empty."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(mask.any(axis=0))
+    h, w = mask.shape
+    return (slice(max(rows[0] - margin, 0), min(rows[-1] + margin + 1, h)),
+            slice(max(cols[0] - margin, 0), min(cols[-1] + margin + 1, w)))  # fmt: skip
+
+
 def centroid(gt: np.ndarray) -> tuple[int, int]:
     """pysodmetrics' 1-based foreground centroid (image centre when there is no foreground)."""
     h, w = gt.shape
@@ -217,15 +228,6 @@ def _gauss_1d(size: int = 7, sigma: float = 5.0) -> np.ndarray:
     return g / g.sum()
 
 
-def _box(mask: np.ndarray, margin: int) -> tuple[slice, slice]:
-    """Bounding box of a non-empty mask grown by `margin`, clipped to the image."""
-    rows = np.flatnonzero(mask.any(axis=1))
-    cols = np.flatnonzero(mask.any(axis=0))
-    h, w = mask.shape
-    return (slice(max(rows[0] - margin, 0), min(rows[-1] + margin + 1, h)),
-            slice(max(cols[0] - margin, 0), min(cols[-1] + margin + 1, w)))  # fmt: skip
-
-
 def weighted_f(pred: np.ndarray, gt: np.ndarray, lv: Levels) -> float:
     """pysodmetrics `WeightedFmeasure` (beta 1); `pred` raw uint8, `gt` bool.
 
@@ -235,11 +237,11 @@ def weighted_f(pred: np.ndarray, gt: np.ndarray, lv: Levels) -> float:
       within 3 px of GT, so Et is built there alone.
     - background pixels with a nonzero prediction: Ew = pred * (2 - exp(log(0.5) / 5 * dist)).
     """
-    if not gt.any():
+    box = bbox(gt, 3)
+    if box is None:
         return 0.0
     ft = distance_transform_edt(~gt, return_distances=False, return_indices=True)
     err = 1 - lv.value  # E = |pred - 1| on GT, per raw level
-    box = _box(gt, 3)
     gt_b, pred_b = gt[box], pred[box]
     et = err[pred_b]  # E itself on GT pixels
     ring = cv2.dilate(gt_b.view(np.uint8), np.ones((7, 7), np.uint8)).view(bool) & ~gt_b

@@ -21,6 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from pdfnet_pipeline.eval.metrics_core import bbox
 from pdfnet_pipeline.eval.metrics_skeleton import skeletonize
 
 RELAX = 5
@@ -34,16 +35,6 @@ def gt_key(gt: np.ndarray) -> str:
     digest = hashlib.blake2b(np.packbits(gt).tobytes(), digest_size=20)
     digest.update(np.asarray(gt.shape, np.int64).tobytes())
     return digest.hexdigest()
-
-
-def _bbox(mask: np.ndarray, margin: int) -> tuple[slice, slice] | None:
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
-        return None
-    cols = np.flatnonzero(mask.any(axis=0))
-    h, w = mask.shape
-    return (slice(max(rows[0] - margin, 0), min(rows[-1] + margin + 1, h)),
-            slice(max(cols[0] - margin, 0), min(cols[-1] + margin + 1, w)))  # fmt: skip
 
 
 class SkeletonCache:
@@ -142,7 +133,7 @@ def _boundary_effort(contours: tuple, mask: np.ndarray, condition: np.ndarray, o
 
 def hce(pred: np.ndarray, gt: np.ndarray, gt_skeleton: np.ndarray) -> int:
     """HCE of binary `pred` against binary `gt` (relax 5, epsilon 2); both bool HxW."""
-    box = _bbox(gt | pred, _MARGIN)
+    box = bbox(gt | pred, _MARGIN)
     if box is None:
         return 0
     offset = (box[0].start, box[1].start)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from pdfnet_pipeline.eval.metrics_core import bbox
+
 # Neighbour bit order of scikit-image's lookup code: NW, N, NE, E, SE, S, SW, W (clockwise).
 _OFFSETS = ((-1, -1), (-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1), (0, -1))
 
@@ -49,11 +51,9 @@ _CANDIDATE = _REMOVE[0] | _REMOVE[1]
 def skeletonize(mask: np.ndarray) -> np.ndarray:
     """Equal to `skimage.morphology.skeletonize(mask)` for a 2-D bool mask."""
     out = np.zeros(mask.shape, dtype=bool)
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
+    box = bbox(mask)
+    if box is None:
         return out
-    cols = np.flatnonzero(mask.any(axis=0))
-    box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
     # A zero border (as skimage pads) keeps every neighbour index inside the array.
     img = np.pad(mask[box].view(np.uint8), 1)
     w = img.shape[1]
