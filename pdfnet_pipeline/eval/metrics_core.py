@@ -250,11 +250,14 @@ def weighted_f(pred: np.ndarray, gt: np.ndarray, lv: Levels) -> float:
     ea = cv2.sepFilter2D(et, cv2.CV_64F, g, g, borderType=cv2.BORDER_CONSTANT)
     ew_fg = np.minimum(ea[gt_b], et[gt_b])
     # Background weights from scipy's distance: sqrt of the exact integer squared offset.
-    ys, xs = np.nonzero((lv.value != 0)[pred] & ~gt)
-    dy = (ft[0][ys, xs] - ys).astype(np.float64)
-    dx = (ft[1][ys, xs] - xs).astype(np.float64)
-    weight = 2 - np.exp(np.log(0.5) / 5 * np.sqrt(dy * dy + dx * dx))
-    fpw = float(lv.value[pred[ys, xs]] @ weight)
+    nonzero = (lv.value != 0)[pred]
+    nonzero &= ~gt
+    idx = np.flatnonzero(nonzero)
+    w = gt.shape[1]
+    dy = ft[0].ravel()[idx] - idx // w
+    dx = ft[1].ravel()[idx] - idx % w
+    weight = 2 - np.exp(np.log(0.5) / 5 * np.sqrt((dy * dy + dx * dx).astype(np.float64)))
+    fpw = float(lv.value[pred.ravel()[idx]] @ weight)
     tpw = float(np.count_nonzero(gt)) - float(np.sum(ew_fg))
     recall = 1 - float(np.mean(ew_fg))
     precision = tpw / (tpw + fpw + EPS)
