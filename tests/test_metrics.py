@@ -243,3 +243,49 @@ def test_skeleton_disk_cache_is_reused(tmp_path):
     assert [im.hce for im in r1.images] == [im.hce for im in r2.images] == [37, 184]
     r2b = evaluate_pairs(pairs, workers=1, cache=second)  # in-memory hits on reuse
     assert second.hits == 4 and r2b.hce == r2.hce
+
+
+# ---- randomized: varied GT and prediction kinds, each image against pysodmetrics ----
+
+
+def varied_case(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A random (pred, gt) of one of the shapes DIS data and broken models produce."""
+    h, w = int(rng.integers(1, 90)), int(rng.integers(1, 90))
+    gt_kind = rng.choice(["empty", "full", "thin", "dis", "noise"])
+    gt = np.zeros((h, w), np.uint8)
+    if gt_kind == "full":
+        gt[:] = 255
+    elif gt_kind == "thin":  # 1 px wires, diagonals and lone pixels: skeleton == mask
+        for _ in range(int(rng.integers(1, 6))):
+            p1 = (int(rng.integers(0, w)), int(rng.integers(0, h)))
+            p2 = (int(rng.integers(0, w)), int(rng.integers(0, h)))
+            cv2.line(gt, p1, p2, 255, 1)
+        gt[rng.random((h, w)) < 0.01] = 255
+    elif gt_kind == "dis":
+        _, gt = synth_pair(h, w, int(rng.integers(1 << 30)))
+    elif gt_kind == "noise":
+        gt[rng.random((h, w)) < rng.uniform(0.1, 0.9)] = 255
+    pred_kind = rng.choice(["constant", "binary", "soft", "levels", "offset", "equal"])
+    if pred_kind == "constant":
+        pred = np.full((h, w), rng.choice([0, 1, 127, 128, 129, 254, 255]), np.uint8)
+    elif pred_kind == "binary":
+        pred = np.where(rng.random((h, w)) < 0.1, 255 - gt, gt).astype(np.uint8)
+    elif pred_kind == "equal":
+        pred = gt.copy()
+    else:
+        soft = cv2.GaussianBlur(gt.astype(np.float32), (0, 0), 1.2) + rng.normal(0, 30, (h, w))
+        pred = np.clip(soft, 0, 255).astype(np.uint8)
+        if pred_kind == "levels":
+            pred = (pred // 64 * 64).astype(np.uint8)
+        elif pred_kind == "offset":  # min > 0 and max < 255: the min-max normalisation matters
+            pred = (50 + pred // 2).astype(np.uint8)
+    return pred, gt
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_varied_random_cases_match_pysodmetrics(seed):
+    rng = np.random.default_rng(1000 + seed)
+    for _ in range(25):
+        pred, gt = varied_case(rng)
+        assert_same(pred, gt)
+        assert_same(pred, gt, "pysodmetrics")

@@ -17,12 +17,10 @@ A prediction whose size differs from its GT is resized to it (bilinear) and flag
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -31,6 +29,7 @@ import numpy as np
 
 from pdfnet_pipeline.eval import metrics_core as core
 from pdfnet_pipeline.eval.metrics_hce import SkeletonCache, hce
+from pdfnet_pipeline.workers import context as workers_context
 
 ImageLike = np.ndarray | str | Path
 Pair = tuple[ImageLike, ImageLike, str]
@@ -166,7 +165,7 @@ def measure(pred: np.ndarray, gt: np.ndarray, name: str, cache: SkeletonCache,
     return ImageMetrics(
         name=name,
         max_f=float(f_curve.max()),
-        weighted_f=core.weighted_f(lv.value[pred], gt_bin),
+        weighted_f=core.weighted_f(pred, gt_bin, lv),
         s_measure=core.s_measure(pred, gt_bin, quads, cyx, lv),
         mean_e=float(e_curve.mean()),
         mae=core.mae(hist, lv),
@@ -197,6 +196,10 @@ def default_workers() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def _size(x: ImageLike) -> int:
+    return os.path.getsize(x) if isinstance(x, (str, Path)) else np.asarray(x).size
+
+
 def evaluate_pairs(
     pairs: Sequence[Pair],
     workers: int | None = None,
@@ -216,8 +219,11 @@ def evaluate_pairs(
     if n <= 1:
         cache = cache if cache is not None else SkeletonCache(config.skeleton_cache)
         return Results.from_images([_measure_pair(p, config, cache) for p in pairs])
-    # forkserver: safe when the caller holds torch / OpenMP threads (fork is not).
-    ctx = multiprocessing.get_context("forkserver")
+    # Workers fork from a server that imported the metrics modules once (no torch), and take
+    # the biggest pairs first so no worker is left with a large one at the end.
+    ctx = workers_context(preload=(__name__,))
+    order = sorted(range(len(pairs)), key=lambda i: -(_size(pairs[i][0]) + _size(pairs[i][1])))
     with ProcessPoolExecutor(n, mp_context=ctx, initializer=_init_worker) as pool:
-        images = list(pool.map(partial(_measure_pair, config=config), pairs, chunksize=1))
+        futures = {i: pool.submit(_measure_pair, pairs[i], config) for i in order}
+        images = [futures[i].result() for i in range(len(pairs))]
     return Results.from_images(images)

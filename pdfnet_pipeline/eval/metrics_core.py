@@ -48,6 +48,17 @@ def joint_hist(codes: np.ndarray) -> np.ndarray:
     return counts.reshape(2, 256)
 
 
+def bbox(mask: np.ndarray, margin: int = 0) -> tuple[slice, slice] | None:
+    """Bounding box of a mask grown by `margin`, clipped to the image; None when it is empty."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(mask.any(axis=0))
+    h, w = mask.shape
+    return (slice(max(rows[0] - margin, 0), min(rows[-1] + margin + 1, h)),
+            slice(max(cols[0] - margin, 0), min(cols[-1] + margin + 1, w)))  # fmt: skip
+
+
 def centroid(gt: np.ndarray) -> tuple[int, int]:
     """pysodmetrics' 1-based foreground centroid (image centre when there is no foreground)."""
     h, w = gt.shape
@@ -217,29 +228,36 @@ def _gauss_1d(size: int = 7, sigma: float = 5.0) -> np.ndarray:
     return g / g.sum()
 
 
-def weighted_f(pred: np.ndarray, gt: np.ndarray) -> float:
-    """pysodmetrics `WeightedFmeasure` (beta 1); `pred` normalised float64, `gt` bool."""
-    if not gt.any():
+def weighted_f(pred: np.ndarray, gt: np.ndarray, lv: Levels) -> float:
+    """pysodmetrics `WeightedFmeasure` (beta 1); `pred` raw uint8, `gt` bool.
+
+    pysodmetrics builds every term on every pixel; only two sets of pixels matter:
+    - GT pixels: Ew = min(E, EA), EA the 7x7 Gaussian of Et, where Et copies E from the nearest
+      GT pixel (scipy's feature transform; its tie-breaking picks which). The filter reads Et only
+      within 3 px of GT, so Et is built there alone.
+    - background pixels with a nonzero prediction: Ew = pred * (2 - exp(log(0.5) / 5 * dist)).
+    """
+    box = bbox(gt, 3)
+    if box is None:
         return 0.0
-    h, w = gt.shape
     ft = distance_transform_edt(~gt, return_distances=False, return_indices=True)
-    nearest = ft[0].astype(np.intp) * w + ft[1]
-    # E = |pred - gt| is 1 - pred on the foreground, so Et (E copied from the nearest
-    # foreground pixel) is (1 - pred) gathered through the feature transform.
-    err_fg_all = 1 - pred
-    et = err_fg_all.ravel()[nearest.ravel()].reshape(h, w)
+    err = 1 - lv.value  # E = |pred - 1| on GT, per raw level
+    gt_b, pred_b = gt[box], pred[box]
+    et = err[pred_b]  # E itself on GT pixels
+    ring = cv2.dilate(gt_b.view(np.uint8), np.ones((7, 7), np.uint8)).view(bool) & ~gt_b
+    et[ring] = err[pred[ft[0][box][ring], ft[1][box][ring]]]
     g = _gauss_1d()
     ea = cv2.sepFilter2D(et, cv2.CV_64F, g, g, borderType=cv2.BORDER_CONSTANT)
-    ew_fg = np.minimum(ea[gt], err_fg_all[gt])
-    # Background: Ew = pred * B with B = 2 - exp(log(0.5)/5 * dist). scipy's distance is
-    # sqrt of the exact integer squared offset to the feature, rebuilt here from the indices.
-    d2 = ft[0] - np.arange(h, dtype=np.int32)[:, None]
-    d2 *= d2
-    dx = ft[1] - np.arange(w, dtype=np.int32)[None, :]
-    dx *= dx
-    d2 += dx
-    weight = 2 - np.exp(np.log(0.5) / 5 * np.sqrt(d2, dtype=np.float64))
-    fpw = float(np.vdot(np.where(gt, 0.0, pred), weight))
+    ew_fg = np.minimum(ea[gt_b], et[gt_b])
+    # Background weights from scipy's distance: sqrt of the exact integer squared offset.
+    nonzero = (lv.value != 0)[pred]
+    nonzero &= ~gt
+    idx = np.flatnonzero(nonzero)
+    w = gt.shape[1]
+    dy = ft[0].ravel()[idx] - idx // w
+    dx = ft[1].ravel()[idx] - idx % w
+    weight = 2 - np.exp(np.log(0.5) / 5 * np.sqrt((dy * dy + dx * dx).astype(np.float64)))
+    fpw = float(lv.value[pred.ravel()[idx]] @ weight)
     tpw = float(np.count_nonzero(gt)) - float(np.sum(ew_fg))
     recall = 1 - float(np.mean(ew_fg))
     precision = tpw / (tpw + fpw + EPS)

@@ -1,10 +1,11 @@
 """Human Correction Effort (HCE, DIS ECCV 2022) identical to pysodmetrics 1.6.2, made fast.
 
-pysodmetrics' `HumanCorrectionEffortMeasure.cal_hce` spends its time in two places: skimage's
-skeleton of the GT (cached here by GT content, in memory and optionally on disk) and a Python loop
-over every contour point in `filter_conditional_boundary` (vectorised here). The morphology runs on
-the bounding box of GT | prediction plus a margin wider than any operation reaches, which leaves
-every contour, its point order and its coordinates unchanged.
+pysodmetrics' `HumanCorrectionEffortMeasure.cal_hce` (a port of the official DIS code) spends
+its time in two places: skimage's skeleton of the GT (here the same skeleton visiting only the
+thinning front, metrics_skeleton.py, and cached by GT content in memory and optionally on disk)
+and a Python loop over every contour point in `filter_conditional_boundary` (vectorised here).
+The morphology runs on the bounding box of GT | prediction plus a margin wider than any
+operation reaches, which leaves every contour, its point order and its coordinates unchanged.
 
 The result depends on OpenCV's contour tracing and `approxPolyDP` (73.6667 on the pysodmetrics
 fixture with OpenCV <= 4.12, 74.333 with 4.13+), hence the pinned opencv-python-headless.
@@ -19,11 +20,13 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from skimage import morphology
+
+from pdfnet_pipeline.eval.metrics_core import bbox
+from pdfnet_pipeline.eval.metrics_skeleton import skeletonize
 
 RELAX = 5
 EPSILON = 2.0
-_KERNEL = morphology.disk(1)  # pysodmetrics' structuring element (a 3x3 cross)
+_KERNEL = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))  # skimage disk(1), pysodmetrics' element
 _MARGIN = RELAX + 3  # > the 5 dilations + 1 condition dilation that reach outside the union
 
 
@@ -32,26 +35,6 @@ def gt_key(gt: np.ndarray) -> str:
     digest = hashlib.blake2b(np.packbits(gt).tobytes(), digest_size=20)
     digest.update(np.asarray(gt.shape, np.int64).tobytes())
     return digest.hexdigest()
-
-
-def _bbox(mask: np.ndarray, margin: int) -> tuple[slice, slice] | None:
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
-        return None
-    cols = np.flatnonzero(mask.any(axis=0))
-    h, w = mask.shape
-    return (slice(max(rows[0] - margin, 0), min(rows[-1] + margin + 1, h)),
-            slice(max(cols[0] - margin, 0), min(cols[-1] + margin + 1, w)))  # fmt: skip
-
-
-def skeletonize(gt: np.ndarray) -> np.ndarray:
-    """skimage's skeleton of `gt` (bool); computed on the foreground's box, which it pads with
-    zeros itself, so the result equals the full-image call."""
-    out = np.zeros(gt.shape, dtype=bool)
-    box = _bbox(gt, 1)
-    if box is not None:
-        out[box] = morphology.skeletonize(gt[box]).astype(bool)
-    return out
 
 
 class SkeletonCache:
@@ -150,7 +133,7 @@ def _boundary_effort(contours: tuple, mask: np.ndarray, condition: np.ndarray, o
 
 def hce(pred: np.ndarray, gt: np.ndarray, gt_skeleton: np.ndarray) -> int:
     """HCE of binary `pred` against binary `gt` (relax 5, epsilon 2); both bool HxW."""
-    box = _bbox(gt | pred, _MARGIN)
+    box = bbox(gt | pred, _MARGIN)
     if box is None:
         return 0
     offset = (box[0].start, box[1].start)
