@@ -182,7 +182,8 @@ class Writer:
             self.pool.shutdown(wait=True)
 
 
-def _prep(cfg: Config):
+def prep_for(cfg: Config):
+    """What the workers compute per sample (and the batch key: its input shapes)."""
     from pdfnet_pipeline.depth import inputs
 
     sup = cfg.supervision_size if SUPERVISION in cfg.maps else None
@@ -217,7 +218,7 @@ def _compute(
 
     done = st.done()
     mine = list(range(rt.rank, len(entries), rt.world))
-    prep = _prep(cfg)
+    prep = prep_for(cfg)
 
     def shapes(index: int):  # the batch key: samples of equal input shapes stack
         return prep.shapes(entries[index].width, entries[index].height)
