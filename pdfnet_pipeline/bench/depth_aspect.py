@@ -43,15 +43,17 @@ def write_photos(root: Path, sizes: list[list[int]], n: int) -> Path:
     return root / "m.jsonl"
 
 
-def _plan(manifest: Path, cfg_stage) -> tuple[int, int]:
-    """(distinct input shapes, batches) the stage will run for this manifest."""
+def _plan(manifest: Path, cfg_stage) -> tuple[int, int, float]:
+    """(distinct input shapes, batches, mean 14x14 patches per input) the stage will run."""
     from pdfnet_pipeline.data.manifest import read_manifest
     from pdfnet_pipeline.depth import inputs, stage
 
     entries = read_manifest(manifest).split("DIS-VD")
     prep = stage.prep_for(cfg_stage)
     shapes = [prep.shapes(e.width, e.height) for e in entries]
-    return len(set(shapes)), len(inputs.batches(list(range(len(entries))), shapes.__getitem__, cfg_stage.batch_size))
+    batches = inputs.batches(list(range(len(entries))), shapes.__getitem__, cfg_stage.batch_size)
+    patches = sum(h * w for (h, w), _ in shapes) / len(shapes) / 14**2
+    return len(set(shapes)), len(batches), patches
 
 
 def rows(base, tmp: Path, sizes: list[list[int]], n: int, batch: int, repeats: int) -> None:
@@ -74,9 +76,9 @@ def rows(base, tmp: Path, sizes: list[list[int]], n: int, batch: int, repeats: i
         f"keep vs square: {n} photos {mp[0]:.1f}-{mp[-1]:.1f} MP (4:3, 3:2, 16:9, both orientations), "
         f"maps=[small], median of {repeats} interleaved run(s)"
     )
-    print(f"{'aspect':<8}{'batch':>6}{'shapes':>8}{'batches':>9}{'img/s':>9}{'vs square':>11}")
+    print(f"{'aspect':<8}{'batch':>6}{'shapes':>8}{'batches':>9}{'patches/img':>13}{'img/s':>9}{'vs square':>11}")
     ref = statistics.median(speed[("square", batch)])
     for (aspect, b), cfg in runs.items():
-        shapes, batches = _plan(manifest, cfg)
+        shapes, batches, patches = _plan(manifest, cfg)
         ips = statistics.median(speed[(aspect, b)])
-        print(f"{aspect:<8}{b:>6}{shapes:>8}{batches:>9}{ips:>9.2f}{ips / ref:>11.2f}")
+        print(f"{aspect:<8}{b:>6}{shapes:>8}{batches:>9}{patches:>13.0f}{ips:>9.2f}{ips / ref:>11.2f}")
