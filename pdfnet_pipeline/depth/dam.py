@@ -37,7 +37,6 @@ from pdfnet_pipeline.errors import UserError
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 PATCH = 14
-TRAINED_GRID = 37  # DINOv2's position-embedding table: 518 / 14
 Aspect = Literal["square", "keep"]
 PosEmb = Literal["official", "transformers"]
 
