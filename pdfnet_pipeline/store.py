@@ -133,6 +133,15 @@ def _check_schema(attrs, path: Path) -> None:
         )
 
 
+def _difference(key: str, have, want) -> str:
+    """`key: store has X, this run Y`; for two tables only their differing entries (a whole
+    preprocessing table would hide the one setting that changed)."""
+    if isinstance(have, dict) and isinstance(want, dict):
+        keys = sorted(k for k in have.keys() | want.keys() if have.get(k) != want.get(k))
+        return "; ".join(f"{key}.{k}: store has {have.get(k)!r}, this run {want.get(k)!r}" for k in keys)
+    return f"{key}: store has {have!r}, this run {want!r}"
+
+
 def _check_same(group, spec: StoreSpec, path: Path) -> None:
     attrs = dict(group.attrs)
     wanted = json.loads(
@@ -150,7 +159,7 @@ def _check_same(group, spec: StoreSpec, path: Path) -> None:
     )  # compare as stored: JSON turns tuples into lists
     diff = [k for k, v in wanted.items() if attrs.get(k) != v]
     if diff:
-        detail = "; ".join(f"{k}: store has {attrs.get(k)!r}, this run {wanted[k]!r}" for k in diff)
+        detail = "; ".join(_difference(k, attrs.get(k), wanted[k]) for k in diff)
         raise StoreError(
             f"{path} was built from other inputs ({detail}). Refusing to mix them: use another "
             f"stores folder or delete {path}."

@@ -29,6 +29,36 @@ def official_get_size(width: int, height: int, target: int, multiple: int = 14) 
     return constrain(scale_w * width, target), constrain(scale_h * height, target)
 
 
+def reference_infer_image(model, bgr: np.ndarray, input_size: int, store_side: int) -> torch.Tensor:
+    """The reference's depth map of one image, re-typed from its description: Depth-Anything-V2
+    `infer_image` (BGR -> RGB / 255 in float64, official Resize keeping the aspect with cv2
+    INTER_CUBIC, ImageNet normalisation, forward, bilinear align_corners=True back to the image's
+    size), min-max, then the PDFNet loader's bilinear (align_corners=True) resize to a square."""
+    h, w = bgr.shape[:2]
+    image = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB) / 255.0
+    new_w, new_h = official_get_size(w, h, input_size)
+    image = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_CUBIC)
+    image = (image - np.array(dam.IMAGENET_MEAN)) / np.array(dam.IMAGENET_STD)
+    x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)).astype(np.float32))[None]
+    with torch.no_grad():
+        depth = model(pixel_values=x).predicted_depth
+    depth = F.interpolate(depth[:, None], (h, w), mode="bilinear", align_corners=True)[0, 0]
+    depth = (depth - depth.min()) / (depth.max() - depth.min())
+    return F.interpolate(depth[None, None], (store_side, store_side), mode="bilinear", align_corners=True)[0, 0]
+
+
+def official_model(seed: int):
+    """Tiny random DAM with the official position-embedding formula re-typed in the tests."""
+    import types
+
+    from test_depth_posemb import official_interpolate_pos_encoding
+
+    model, _ = dam.load_dam("tiny", "random", seed=seed, posemb="transformers")
+    emb = model.backbone.embeddings
+    emb.interpolate_pos_encoding = types.MethodType(official_interpolate_pos_encoding, emb)
+    return model
+
+
 @pytest.mark.parametrize("arch,expected", [("small", 24_785_089), ("base", 97_470_785), ("large", 335_315_649)])
 def test_architecture_parameter_counts_match_the_released_models(arch, expected):
     from transformers import DepthAnythingForDepthEstimation
@@ -49,6 +79,68 @@ def test_input_side_follows_the_official_sizing_rule():
     assert min(w, h) == 1036 and h == 1036
     w, h = official_get_size(1024, 768, 1024)
     assert min(w, h) == 1036
+
+
+def test_keep_shape_is_the_official_resize_rule():
+    # The issue's example, by hand: 518 / 1944 * 2592 = 690.67 -> 14 * round(49.33) = 686.
+    assert dam.input_shape(2592, 1944, 518, "keep") == (518, 686)
+    assert dam.input_shape(1944, 2592, 518, "keep") == (686, 518)
+    # At 1024 the short side 1024 rounds to 1022 < 1024, so up to 1036; 1365.3 -> 1372.
+    assert dam.input_shape(2592, 1944, 1024, "keep") == (1036, 1372)
+    # 3:2 with a half-way case: 518 / 1480 * 2220 = 777 = 14 * 55.5; numpy rounds half to even.
+    w, h = official_get_size(2220, 1480, 518)
+    assert dam.input_shape(2220, 1480, 518, "keep") == (h, w)
+    assert dam.input_shape(2592, 1944, 518) == (518, 518)  # square: the aspect is not kept
+    for width in range(100, 6001, 37):
+        for height in (width * 3 // 4, width * 2 // 3, width * 9 // 16, width, width * 4 // 3, width * 16 // 9):
+            for target in (518, 1024):
+                w, h = official_get_size(width, height, target)
+                assert dam.input_shape(width, height, target, "keep") == (h, w), (width, height, target)
+    with pytest.raises(ValueError, match="unknown aspect 'crop'"):
+        dam.input_shape(100, 80, 518, "crop")
+
+
+def test_predict_keep_equals_the_retyped_infer_image():
+    rng = np.random.default_rng(0)
+    bgr = cv2.resize(rng.integers(0, 256, size=(30, 40, 3), dtype=np.uint8), (410, 300))  # smooth-ish 4:3
+    model, _ = dam.load_dam("tiny", "random", seed=2)  # default posemb: official
+    want = reference_infer_image(official_model(2), bgr, 140, 96)
+    rgb = torch.from_numpy(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)).permute(2, 0, 1)
+    shape = dam.input_shape(410, 300, 140, "keep")
+    assert shape == (140, 196)
+    with torch.no_grad():
+        got, finite = dam.predict_keep(model, dam.to_model_input(rgb, shape)[None], [(300, 410)], 96)
+    assert got.shape == (1, 96, 96) and bool(finite.all())
+    # Measured 4.4e-6 max: torch float32 bicubic vs cv2 float64 INTER_CUBIC inputs, nothing else
+    # (with transformers' position embeddings instead: 3e-2).
+    torch.testing.assert_close(got[0], want, rtol=0, atol=2e-5)
+    # The map is min-maxed at the image's size, not at 96²: its extremes need not reach 0 and 1.
+    assert got.min().item() >= 0.0 and got.max().item() <= 1.0
+    # And it is not the square mode's map.
+    square, _ = dam.predict(model, dam.to_model_input(rgb, 140)[None], 96)
+    assert (square[0] - got[0]).abs().mean().item() > 0.02
+
+
+def test_float32_means_ieee_not_tf32_and_the_flags_are_restored(tiny):
+    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    before = conv.fp32_precision, matmul.fp32_precision
+    seen = {}
+
+    def hook(name):
+        return lambda m, i, o: seen.__setitem__(name, (conv.fp32_precision, matmul.fp32_precision))
+
+    h1 = tiny.backbone.encoder.layer[0].mlp.fc1.register_forward_hook(hook("backbone"))
+    h2 = tiny.head.conv3.register_forward_hook(hook("head"))
+    try:
+        px = torch.randn(1, 3, 28, 28)
+        dam.raw_depth(tiny, px)
+        assert seen == {"backbone": ("ieee", "ieee"), "head": ("ieee", "ieee")}
+        dam.raw_depth(tiny, px, torch.bfloat16)  # bf16 backbone: its fp32 flags untouched
+        assert seen == {"backbone": before, "head": ("ieee", "ieee")}
+    finally:
+        h1.remove()
+        h2.remove()
+    assert (conv.fp32_precision, matmul.fp32_precision) == before
 
 
 def test_preprocessing_matches_cv2_bicubic_and_imagenet_normalisation():

@@ -261,3 +261,108 @@ def test_torchrun_two_gloo_ranks_write_each_sample_exactly_once(data, reference,
     for k in ("image", "mask", "depth/small", "depth/large_1024"):
         # Other batch composition (batch 1) and thread count: equal up to float16 rounding.
         np.testing.assert_allclose(g[k][:].astype(np.float32), ref[k][:].astype(np.float32), atol=2e-3)
+
+
+# -- aspect = "keep": the official infer_image per image, batched by input shape
+
+# (W, H) of DIS-like aspect ratios, small for the CPU. At input 28 / supervision 50 their keep
+# shapes are (h, w): 120x90 and 150x100 -> (28, 42) / (56, 70); 90x120 -> (42, 28) / (70, 56);
+# 160x90 -> (28, 56) / (56, 84); 90x160 -> (56, 28) / (84, 56).
+KEEP_SIZES = [(120, 90), (90, 120), (160, 90), (120, 90), (150, 100), (90, 160)]
+
+
+@pytest.fixture(scope="module")
+def keep_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("keep")
+    rng = np.random.default_rng(4)
+    for split_dir in ("im", "gt"):
+        (root / "ds" / "DIS-VD" / split_dir).mkdir(parents=True)
+    for i, (w, h) in enumerate(KEEP_SIZES):
+        coarse = rng.integers(0, 256, size=(h // 10, w // 10, 3), dtype=np.uint8)
+        Image.fromarray(coarse).resize((w, h), Image.BICUBIC).save(root / "ds" / "DIS-VD" / "im" / f"k{i}.jpg")
+        mask = (rng.random((h, w)) > 0.5).astype(np.uint8) * 255
+        Image.fromarray(mask).save(root / "ds" / "DIS-VD" / "gt" / f"k{i}.png")
+    write_manifest(scan(root / "ds", ["DIS-VD"], workers=1, progress=False).manifest, root / "m.jsonl")
+    cfg = small_cfg(root, root / "keep_stores", manifest=root / "m.jsonl", aspect="keep")
+    stage.run(cfg)
+    return root, cfg
+
+
+def test_keep_batches_group_equal_input_shapes_by_position():
+    from pdfnet_pipeline.depth import inputs
+
+    keys = "abaacba"
+    assert inputs.batches(list(range(7)), keys.__getitem__, 2) == [[0, 2], [3, 6], [1, 5], [4]]
+    assert inputs.batches([1, 3, 5], lambda i: 0, 2) == inputs.fixed_batches([1, 3, 5], 2) == [[1, 3], [5]]
+    prep = inputs.Prep(32, 28, 50, aspect="keep")
+    assert [prep.shapes(w, h) for w, h in KEEP_SIZES] == [
+        ((28, 42), (56, 70)),
+        ((42, 28), (70, 56)),
+        ((28, 56), (56, 84)),
+        ((28, 42), (56, 70)),
+        ((28, 42), (56, 70)),
+        ((56, 28), (84, 56)),
+    ]
+
+
+def test_keep_gives_the_infer_image_input_shape_of_a_dis_photo(tmp_path):
+    from pdfnet_pipeline.data.manifest import ManifestEntry
+    from pdfnet_pipeline.depth import inputs
+
+    Image.new("RGB", (2592, 1944), (90, 120, 200)).save(tmp_path / "photo.jpg")
+    Image.new("L", (2592, 1944), 255).save(tmp_path / "photo.png")
+    entry = ManifestEntry("DIS-VD", "photo", "photo.jpg", "photo.png", 2592, 1944, "", "")
+    out = inputs.prepare(entry, tmp_path, inputs.Prep(1024, 518, 1024, aspect="keep"))
+    assert out["x_in"].shape == (3, 518, 686) and out["x_sup"].shape == (3, 1036, 1372)
+    assert out["image"].shape == (1024, 1024, 3) and out["mask"].shape == (1024, 1024)
+    square = inputs.prepare(entry, tmp_path, inputs.Prep(1024, 518, 1024))
+    assert square["x_in"].shape == (3, 518, 518) and square["x_sup"].shape == (3, 1036, 1036)
+
+
+def test_keep_store_equals_the_retyped_infer_image(keep_data):
+    import cv2
+    from test_depth_dam import official_model, reference_infer_image
+
+    root, cfg = keep_data
+    g = _on_disk(cfg.stores / "DIS-VD.zarr")
+    m = read_manifest(root / "m.jsonl")
+    assert g["done"][:].all() and g["orig_size"][:].tolist() == [[h, w] for w, h in KEEP_SIZES]
+    assert g.attrs["preprocessing"]["aspect"] == "keep"
+    assert g.attrs["preprocessing"]["posemb"].startswith("DINOv2 official")
+    models = {name: official_model(k) for k, name in enumerate(("small", "base", "large"))}
+    worst = 0.0
+    for i, e in enumerate(m.split("DIS-VD")):
+        bgr = cv2.imread(str(e.image_path(m.root)))
+        for name, target, model in [(n, 28, models[n]) for n in ("small", "base", "large")] + [
+            ("large_1024", 50, models["large"])
+        ]:
+            want = reference_infer_image(model, bgr, target, 32).numpy()
+            got = g[f"depth/{name}"][i].astype(np.float32)
+            worst = max(worst, float(np.abs(got - want).max()))
+    # Measured 2.4e-4: float16 storage (half a step below 1), plus batched vs single kernels and
+    # cv2 float64 vs torch float32 input resizing (each ~1e-6).
+    assert worst <= 3e-4, worst
+
+
+def test_a_keep_store_refuses_a_square_run(keep_data):
+    _, cfg = keep_data
+    with pytest.raises(stage.DepthStageError, match="preprocessing.aspect: store has 'keep', this run 'square'"):
+        stage.run(replace(cfg, aspect="square"))
+    with pytest.raises(stage.DepthStageError, match="preprocessing.posemb: store has 'DINOv2 official"):
+        stage.run(replace(cfg, posemb="transformers"))
+    assert store.split_status(cfg.stores / "DIS-VD.zarr")["done"] == len(KEEP_SIZES)
+
+
+def test_keep_resume_recomputes_whole_shape_batches_bit_identically(keep_data, tmp_path):
+    _, cfg = keep_data
+    shutil.copytree(cfg.stores, tmp_path / "stores")
+    g = zarr.open_group(str(tmp_path / "stores" / "DIS-VD.zarr"), mode="r+")
+    for i in (3, 5):  # one of the (28, 42) batch [0, 3] and the lone (56, 28) batch [5]
+        g["done"][i] = False
+        for name in store.DEPTH_MAPS:
+            g[f"depth/{name}"][i] = np.zeros((32, 32), np.float16)
+    out = stage.run(replace(cfg, stores=tmp_path / "stores"))
+    assert out[0]["written"] == 2 and out[0]["done"] == len(KEEP_SIZES)
+    got, want = _arrays(tmp_path / "stores" / "DIS-VD.zarr"), _arrays(cfg.stores / "DIS-VD.zarr")
+    for k in ARRAYS:
+        assert np.array_equal(got[k], want[k]), k

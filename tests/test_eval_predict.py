@@ -56,3 +56,22 @@ def test_predict_writes_native_size_masks_and_cutouts(tmp_path, real_dir, tiny_c
         np.testing.assert_array_equal(np.asarray(cut)[..., 3], np.asarray(mask))
     assert not (out / "broken.png").exists()
     assert CliRunner().invoke(app, args + ["--strict"]).exit_code == 1
+
+
+def test_predict_keep_aspect_depth_is_the_retyped_infer_image(real_dir, tiny_checkpoint):
+    import cv2
+    from test_depth_dam import official_model, reference_infer_image
+
+    from pdfnet_pipeline.eval.predict import Predictor
+
+    bgr = cv2.imread(str(real_dir / "images" / "car-1.jpg"))  # 480 x 360
+    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    kwargs = dict(dam_arch="tiny", dam_weights="random", size=256, device="cpu", dam_input_size=140)
+    keep = Predictor(tiny_checkpoint, dam_aspect="keep", **kwargs)
+    want = reference_infer_image(official_model(0), bgr, 140, 256)  # load_dam's default seed 0
+    torch.testing.assert_close(keep.depth(rgb)[0], want, rtol=0, atol=2e-5)
+    square = Predictor(tiny_checkpoint, **kwargs).depth(rgb)[0]
+    assert (square - want).abs().mean().item() > 0.02
+    assert keep(rgb).shape == (360, 480)
+    with pytest.raises(ValueError, match="unknown DAM aspect 'crop'"):
+        Predictor(tiny_checkpoint, dam_aspect="crop", **kwargs)

@@ -2,23 +2,32 @@
 preprocessing and the batched prediction used by the depth stage.
 
 Why our own preprocessing: transformers' image processor keeps the aspect ratio, antialiases and
-its bicubic post-processing overshoots below 0; the paper resizes to a 518 square and the output
-bilinearly (align_corners=True) to 1024, then min-max normalises each map.
+its bicubic post-processing overshoots below 0. Two input modes (`input_shape`): "square" (the
+paper's text: a 518 square, output bilinear align_corners=True to 1024², per-map min-max; it
+batches) and "keep" (the official `infer_image`, which the reference's depth notebook calls: keep
+the aspect ratio, short side 518, both sides multiples of 14; output back to the image's own size,
+min-max, then the reference loader's resize to 1024²: `predict_keep`).
 
-Position embeddings (documented difference): at 518 input the DINOv2 grid is the trained 37x37, so
-no interpolation happens. At other sides (1036 for the supervision map) transformers interpolates
-the 37x37 embeddings bicubically to `size=(74, 74)`, whereas the official DINOv2 code interpolates
-with `scale_factor=(74 + 0.1) / 37` (its `interpolate_offset`), i.e. samples at slightly different
-positions. Measured (tests/test_depth_posemb.py re-types the official formula): identical at 518;
-at 1036 a mean relative difference of 2.5e-3 in the raw map (small architecture, random weights),
-4.3e-3 max after min-max. We keep transformers' behaviour.
+Position embeddings (`set_posemb`): at a 518 square the DINOv2 grid is the trained 37x37 and
+nothing is interpolated. At any other input (1036 for the supervision map, every "keep" shape)
+transformers interpolates the 37x37 table bicubically to `size=(rows, cols)`, whereas the official
+DINOv2 code (which Depth-Anything-V2 ships) uses `scale_factor=((rows + 0.1) / 37, (cols + 0.1) /
+37)`, i.e. samples at slightly other positions (tests/test_depth_posemb.py measures both against
+a re-typed formula). "official" is the default; "transformers" keeps the library's rule.
+
+Float32 means IEEE float32 here (`ieee_fp32`): PyTorch runs cuDNN convolutions in TF32 by default
+on Ampere and later GPUs, which would make the "float32" DPT head (and the fp32 mode) ~10-bit.
 """
 
 from __future__ import annotations
 
 import math
+import types
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +37,8 @@ from pdfnet_pipeline.errors import UserError
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 PATCH = 14
+Aspect = Literal["square", "keep"]
+PosEmb = Literal["official", "transformers"]
 
 HUB_IDS = {
     "small": "depth-anything/Depth-Anything-V2-Small-hf",
@@ -119,9 +130,11 @@ def load_dam(
     revision: str | None = None,
     seed: int = 0,
     allow_download: bool = True,
+    posemb: PosEmb = "official",
 ):
     """(model in eval mode, provenance dict). `weights`: "random" (seeded), "hub" (the official
-    id for `arch`), a Hugging Face hub id, or a local directory saved with `save_pretrained`."""
+    id for `arch`), a Hugging Face hub id, or a local directory saved with `save_pretrained`.
+    `posemb`: the position-embedding interpolation rule (`set_posemb`)."""
     from transformers import DepthAnythingForDepthEstimation
 
     if weights == "random":
@@ -130,7 +143,7 @@ def load_dam(
             torch.manual_seed(seed)  # same weights on every rank and every rerun (resume)
             model = DepthAnythingForDepthEstimation(config)
         prov = {"arch": arch, "weights": "random", "seed": seed}
-        return _ready(model), prov
+        return _ready(model, posemb), prov
     source = HUB_IDS.get(arch, "") if weights == "hub" else weights
     if not source:
         raise DamWeightsError(f"no official hub id for architecture {arch!r}; give a directory")
@@ -150,7 +163,7 @@ def load_dam(
     except OSError as err:
         raise DamWeightsError(_offline_message(source, arch, err)) from err
     _check_arch(model, arch, source)
-    return _ready(model), prov
+    return _ready(model, posemb), prov
 
 
 def _from_hub(source: str, revision: str | None, allow_download: bool, kwargs: dict):
@@ -166,10 +179,40 @@ def _from_hub(source: str, revision: str | None, allow_download: bool, kwargs: d
     return DepthAnythingForDepthEstimation.from_pretrained(source, revision=revision, **kwargs)
 
 
-def _ready(model):
+def _ready(model, posemb: PosEmb):
     model.eval()
     model.requires_grad_(False)
+    set_posemb(model, posemb)
     return model
+
+
+def _official_pos_encoding(self, embeddings: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """DINOv2's own `interpolate_pos_encoding` (interpolate_offset 0.1, no antialias), bound to a
+    transformers `Dinov2Embeddings` in place of the library's: the 37x37 table is resampled
+    bicubically by the scale factor (rows + 0.1) / 37, (cols + 0.1) / 37, in float32."""
+    table = self.position_embeddings
+    if embeddings.shape[1] == table.shape[1] and height == width:
+        return table  # the trained grid: nothing to interpolate
+    rows, cols = height // self.patch_size, width // self.patch_size
+    grid = math.isqrt(table.shape[1] - 1)
+    patches = table[:, 1:].float().reshape(1, grid, grid, -1).permute(0, 3, 1, 2)
+    scale = ((rows + 0.1) / grid, (cols + 0.1) / grid)
+    patches = F.interpolate(patches, scale_factor=scale, mode="bicubic", antialias=False)
+    patches = patches.permute(0, 2, 3, 1).reshape(1, rows * cols, -1)
+    return torch.cat((table[:, :1].float(), patches), dim=1).to(embeddings.dtype)
+
+
+def set_posemb(model, rule: PosEmb) -> None:
+    """Choose the backbone's position-embedding interpolation: "official" binds
+    `_official_pos_encoding` on this model's embeddings module (an instance attribute: the class
+    and other models are untouched); "transformers" restores the library's method."""
+    emb = model.backbone.embeddings
+    if rule == "official":
+        emb.interpolate_pos_encoding = types.MethodType(_official_pos_encoding, emb)
+    elif rule == "transformers":
+        emb.__dict__.pop("interpolate_pos_encoding", None)
+    else:
+        raise ValueError(f"unknown position-embedding rule {rule!r} (official, transformers)")
 
 
 def input_side(target: int, multiple: int = PATCH) -> int:
@@ -179,29 +222,67 @@ def input_side(target: int, multiple: int = PATCH) -> int:
     return multiple * math.ceil(target / multiple)
 
 
-def to_model_input(image: torch.Tensor, side: int) -> torch.Tensor:
-    """uint8 RGB (B,3,H,W) or (3,H,W) -> float32 ImageNet-normalised (.., 3, side, side):
-    [0,1], bicubic (a=-0.75, align_corners=False, no antialias) to a square, then mean/std."""
+def _to_multiple(x: float, at_least: int, multiple: int = PATCH) -> int:
+    """The official Resize's `constrain_to_multiple_of` (lower bound): nearest multiple (numpy's
+    round half to even, as Python's round), or the next one up when that falls below `at_least`."""
+    y = round(x / multiple) * multiple
+    return y if y >= at_least else math.ceil(x / multiple) * multiple
+
+
+def input_shape(width: int, height: int, target: int, aspect: Aspect = "square") -> tuple[int, int]:
+    """(h, w) of the network input for a W x H image. "square": `input_side(target)` both ways.
+    "keep": the official Resize(keep_aspect_ratio=True, ensure_multiple_of=14,
+    resize_method="lower_bound"): scale so the short side reaches `target`, then each side to a
+    multiple of 14 (2592x1944 at 518 -> 518 x 686; at 1024 -> 1036 x 1372)."""
+    if aspect == "square":
+        side = input_side(target)
+        return side, side
+    if aspect != "keep":
+        raise ValueError(f"unknown aspect {aspect!r} (square, keep)")
+    scale = max(target / height, target / width)  # lower bound: the short side reaches target
+    return _to_multiple(scale * height, target), _to_multiple(scale * width, target)
+
+
+def to_model_input(image: torch.Tensor, shape: int | tuple[int, int]) -> torch.Tensor:
+    """uint8 RGB (B,3,H,W) or (3,H,W) -> float32 ImageNet-normalised (.., 3, h, w) (`shape` an
+    int: a square): [0,1], bicubic (a=-0.75, align_corners=False, no antialias: cv2's
+    INTER_CUBIC), then mean/std."""
+    size = (shape, shape) if isinstance(shape, int) else tuple(shape)
     squeeze = image.dim() == 3
     x = image[None] if squeeze else image
     x = x.to(torch.float32) / 255.0
-    x = F.interpolate(x, size=(side, side), mode="bicubic", align_corners=False, antialias=False)
+    x = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=False)
     mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     x = (x - mean) / std
     return x[0] if squeeze else x
 
 
+@contextmanager
+def ieee_fp32() -> Iterator[None]:
+    """Float32 convolutions and matmuls in IEEE float32, not TF32, for the block (restored after).
+    PyTorch's defaults run cuDNN convolutions in TF32 on Ampere and later GPUs."""
+    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    saved = conv.fp32_precision, matmul.fp32_precision
+    conv.fp32_precision = matmul.fp32_precision = "ieee"
+    try:
+        yield
+    finally:
+        conv.fp32_precision, matmul.fp32_precision = saved
+
+
 def raw_depth(model, pixels: torch.Tensor, amp_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Relative inverse depth (B, h, w) at the input resolution, float32. The DINOv2 backbone
-    runs under autocast(`amp_dtype`); the DPT neck and head run in float32, as in the spec: they
-    produce the full-resolution map whose fine detail the 8-bit bf16 mantissa would quantise."""
+    runs under autocast(`amp_dtype`) (None: IEEE float32); the DPT neck and head run in IEEE
+    float32, as in the spec: they produce the full-resolution map whose fine detail the 8-bit
+    bf16 mantissa (or TF32's 10 bits) would quantise."""
     device_type = pixels.device.type
-    with torch.autocast(device_type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+    fp32 = ieee_fp32() if amp_dtype is None else nullcontext()
+    with fp32, torch.autocast(device_type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
         feats = model.backbone.forward_with_filtered_kwargs(pixels).feature_maps
     feats = [f.float() for f in feats]
     ph, pw = pixels.shape[-2] // PATCH, pixels.shape[-1] // PATCH
-    with torch.autocast(device_type, enabled=False):
+    with ieee_fp32(), torch.autocast(device_type, enabled=False):
         hidden = model.neck(feats, ph, pw)
         return model.head(hidden, ph, pw).float()
 
@@ -216,8 +297,29 @@ def minmax01(depth: torch.Tensor) -> torch.Tensor:
 
 def predict(model, pixels: torch.Tensor, out_size: int, amp_dtype: torch.dtype | None = None):
     """(maps (B, out, out) float32 in [0,1], finite (B,) bool): raw depth, bilinear
-    (align_corners=True) to `out_size`, per-map min-max."""
+    (align_corners=True) to `out_size`, per-map min-max. The "square" mode's output."""
     depth = raw_depth(model, pixels, amp_dtype)
     finite = torch.isfinite(depth).flatten(1).all(dim=1)
     depth = F.interpolate(depth[:, None], size=(out_size, out_size), mode="bilinear", align_corners=True)
     return minmax01(depth[:, 0]), finite
+
+
+def predict_keep(
+    model,
+    pixels: torch.Tensor,
+    orig_sizes: list[tuple[int, int]],
+    out_size: int,
+    amp_dtype: torch.dtype | None = None,
+):
+    """`predict` for the "keep" mode (pixels share one keep shape; `orig_sizes` each image's
+    (H, W)): `infer_image`'s output, i.e. raw depth bilinear (align_corners=True) to the image's
+    own size, min-max there; then the reference loader's bilinear (align_corners=True) resize to
+    `out_size`². The min and max are those of the full-size map, as the reference's."""
+    depth = raw_depth(model, pixels, amp_dtype)
+    finite = torch.isfinite(depth).flatten(1).all(dim=1)
+    maps = []
+    for d, (h, w) in zip(depth, orig_sizes, strict=True):
+        full = minmax01(F.interpolate(d[None, None], size=(h, w), mode="bilinear", align_corners=True)[0])
+        out = F.interpolate(full[None], size=(out_size, out_size), mode="bilinear", align_corners=True)
+        maps.append(out[0, 0])
+    return torch.stack(maps), finite

@@ -1,5 +1,6 @@
 """Decode and resize in DataLoader workers: one manifest entry -> the store's image and mask at
-S x S plus the two network inputs, so the accelerator only ever sees ready batches.
+S x S plus the two network inputs, so the accelerator only ever sees ready batches; and the
+batches themselves (`batches`: fixed by position, grouped by input shape in the "keep" mode).
 
 Store filters (the spec leaves them open): image and mask are resized with an antialiased
 bilinear (triangle) filter and rounded, so downsizing averages thin structures instead of
@@ -9,6 +10,7 @@ aliasing them and nothing overshoots 0..255; the mask keeps fractional edge cove
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,13 +23,22 @@ from pdfnet_pipeline.depth import dam
 
 @dataclass(frozen=True)
 class Prep:
-    """What a worker computes per sample (sizes are sides of squares)."""
+    """What a worker computes per sample."""
 
     size: int  # store side S
-    input_side: int  # 518
-    supervision_side: int | None  # 1036, or None when large_1024 is not computed
+    input_size: int  # the input target (518): `dam.input_shape` makes the network input of it
+    supervision_size: int | None  # 1024 (-> 1036), or None when large_1024 is not computed
     draft: bool = True  # JPEG draft decoding for big images
     max_pixels: int | None = None
+    aspect: dam.Aspect = "square"
+
+    def shapes(self, width: int, height: int) -> tuple[tuple[int, int], tuple[int, int] | None]:
+        """(h, w) of the two network inputs for a W x H image (the second None without large_1024)."""
+        sup = self.supervision_size
+        return (
+            dam.input_shape(width, height, self.input_size, self.aspect),
+            dam.input_shape(width, height, sup, self.aspect) if sup else None,
+        )
 
 
 def resize_u8(array: np.ndarray, size: int) -> torch.Tensor:
@@ -55,8 +66,10 @@ def prepare(entry, root: Path, prep: Prep) -> dict:
     from pdfnet_pipeline.data.images import DEFAULT_MAX_PIXELS, BadInputError, load_image, load_mask
 
     limit = prep.max_pixels or DEFAULT_MAX_PIXELS
+    # From the manifest's size, not the decoded one: a draft decode must not change the shapes.
+    in_shape, sup_shape = prep.shapes(entry.width, entry.height)
     try:
-        need = max(prep.size, prep.input_side, prep.supervision_side or 0)
+        need = max(prep.size, min(in_shape), min(sup_shape or in_shape))
         img = load_image(entry.image_path(root), max_pixels=limit, draft_min_side=need if prep.draft else None)
         _check_image_size(entry.image_path(root), (img.shape[1], img.shape[0]), (entry.width, entry.height))
         mask = load_mask(entry.mask_path(root), size=(entry.width, entry.height), max_pixels=limit)
@@ -66,10 +79,10 @@ def prepare(entry, root: Path, prep: Prep) -> dict:
     out = {
         "image": resize_u8(img, prep.size),
         "mask": resize_u8(mask, prep.size),
-        "x_in": dam.to_model_input(chw, prep.input_side),
+        "x_in": dam.to_model_input(chw, in_shape),
     }
-    if prep.supervision_side:
-        out["x_sup"] = dam.to_model_input(chw, prep.supervision_side)
+    if sup_shape:
+        out["x_sup"] = dam.to_model_input(chw, sup_shape)
     return out
 
 
@@ -108,3 +121,14 @@ def fixed_batches(indices: list[int], batch_size: int) -> list[list[int]]:
     """Batches fixed by position in the rank's share, so a sample is always computed in the same
     batch (batch-dependent kernels cannot make a resumed store differ from an uninterrupted one)."""
     return [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
+
+
+def batches(indices: list[int], key: Callable[[int], Hashable], batch_size: int) -> list[list[int]]:
+    """`fixed_batches` within each group of equal `key(index)` (the input shapes: only equal
+    shapes stack), groups in order of first appearance. The groups and positions depend only on
+    the manifest, the rank's share and the batch size, never on what is done, so a resumed run
+    recomputes exactly the batches of an uninterrupted one. One key for all: `fixed_batches`."""
+    groups: dict[Hashable, list[int]] = {}
+    for index in indices:
+        groups.setdefault(key(index), []).append(index)
+    return [b for group in groups.values() for b in fixed_batches(group, batch_size)]

@@ -1,6 +1,10 @@
 """Stage depth: DAM v2 small/base/large (518 input) and the large supervision map (1036 input) for
 every image of the chosen splits, in one pass, into `STORES/<split>.zarr`.
 
+Inputs are 518 / 1036 squares ("square", the paper's text and the default: everything batches)
+or keep the aspect ratio ("keep", the official `infer_image` that made the authors' maps): then
+batches hold equal input shapes only (`inputs.batches`; DIS photos cluster on a few ratios).
+
 Per split: lock the store (rank 0), create or check it, then each rank computes the missing
 samples of its strided share (rank, rank + world, ...) in fixed batches and hands finished samples
 to writer threads, which write a sample's arrays and then its done flag. Rerunning after any
@@ -60,6 +64,8 @@ class Config:
     write_threads: int = 4
     device: str = "auto"  # auto | cpu | cuda | cuda:N (torchrun: cuda:LOCAL_RANK)
     precision: runtime.PrecisionName = "auto"  # backbone autocast (DPT head fp32); auto: bf16 on CUDA, fp32 on CPU
+    aspect: dam.Aspect = "square"  # square (paper text, batches) | keep (official infer_image, authors' maps)
+    posemb: dam.PosEmb = "official"  # DINOv2 position-embedding interpolation off the 518 square
     on_error: Literal["stop", "skip"] = "stop"
     draft: bool = True  # JPEG draft decoding of big images
     progress: bool = True
@@ -89,6 +95,7 @@ def load_models(cfg: Config) -> tuple[dict, dict]:
             revision=spec.revision or None,
             seed=cfg.seed + k,
             allow_download=cfg.allow_download,
+            posemb=cfg.posemb,
         )
     out_prov = {m: prov[m] for m in cfg.maps if m in MODEL_MAPS}
     if SUPERVISION in cfg.maps:
@@ -96,33 +103,56 @@ def load_models(cfg: Config) -> tuple[dict, dict]:
     return models, out_prov
 
 
+POSEMB = {
+    "official": "DINOv2 official: bicubic, scale_factor=((rows+0.1)/37, (cols+0.1)/37), no antialias",
+    "transformers": "transformers: bicubic to size=(rows, cols)",
+}
+RESIZE = {
+    "square": "square",
+    "keep": "keep aspect: short side to input_side, sides to multiples of 14 (official Resize, lower_bound)",
+}
+OUTPUT = {
+    "square": "bilinear align_corners=True to size, per-map min-max to [0,1], float16",
+    "keep": "bilinear align_corners=True to the image's own size, per-map min-max to [0,1] there, "
+    "bilinear align_corners=True to size, float16",
+}
+
+
 def preprocessing(cfg: Config, amp) -> dict:
+    """Everything that shapes the maps: a rerun with any other value is refused by the store."""
     return {
-        "input_side": dam.input_side(cfg.input_size),
+        "aspect": cfg.aspect,
+        "input_side": dam.input_side(cfg.input_size),  # keep: the short side
         "supervision_side": dam.input_side(cfg.supervision_size),
-        "input_resize": "bicubic a=-0.75, align_corners=False, no antialias, square",
+        "input_resize": f"bicubic a=-0.75, align_corners=False, no antialias, {RESIZE[cfg.aspect]}",
+        "posemb": POSEMB[cfg.posemb],
         "normalize": {"mean": list(dam.IMAGENET_MEAN), "std": list(dam.IMAGENET_STD)},
-        "output": "bilinear align_corners=True to size, per-map min-max to [0,1], float16",
+        "output": OUTPUT[cfg.aspect],
         "image_mask_resize": "bilinear antialias (triangle), rounded to uint8",
         "jpeg_draft": cfg.draft,
         "autocast": str(amp).removeprefix("torch.") if amp is not None else "float32",
         "dpt_head": "float32",
+        "tf32": "off: every float32 conv/matmul in IEEE float32 (backbone too without autocast)",
     }
 
 
-def _infer(models: dict, batch: dict, cfg: Config, device, amp) -> tuple[dict, list[tuple[int, str]]]:
-    """{map: (B,S,S) float16 numpy} and the non-finite failures as (batch position, message)."""
+def _infer(
+    models: dict, batch: dict, cfg: Config, device, amp, orig_sizes: list[tuple[int, int]]
+) -> tuple[dict, list[tuple[int, str]]]:
+    """{map: (B,S,S) float16 numpy} and the non-finite failures as (batch position, message).
+    `orig_sizes`: each image's (H, W), where the "keep" mode min-maxes its maps."""
     import torch
 
     out, bad = {}, []
     with torch.inference_mode():
         x_in = batch["x_in"].to(device, non_blocking=True)
         for name in cfg.maps:
-            if name == SUPERVISION:
-                x = batch["x_sup"].to(device, non_blocking=True)
-                maps, finite = dam.predict(models["large"], x, cfg.size, amp)
+            x = batch["x_sup"].to(device, non_blocking=True) if name == SUPERVISION else x_in
+            model = models["large" if name == SUPERVISION else name]
+            if cfg.aspect == "keep":
+                maps, finite = dam.predict_keep(model, x, orig_sizes, cfg.size, amp)
             else:
-                maps, finite = dam.predict(models[name], x_in, cfg.size, amp)
+                maps, finite = dam.predict(model, x, cfg.size, amp)
             out[name] = maps.to(torch.float16).cpu().numpy()
             bad += [(int(i), f"non-finite depth from the {name} model") for i in torch.nonzero(~finite.cpu()).flatten()]
     return out, bad
@@ -152,14 +182,20 @@ class Writer:
             self.pool.shutdown(wait=True)
 
 
-def _loader(entries, root: Path, todo: list[list[int]], cfg: Config, device):
+def prep_for(cfg: Config):
+    """What the workers compute per sample (and the batch key: its input shapes)."""
+    from pdfnet_pipeline.depth import inputs
+
+    sup = cfg.supervision_size if SUPERVISION in cfg.maps else None
+    return inputs.Prep(cfg.size, cfg.input_size, sup, cfg.draft, aspect=cfg.aspect)
+
+
+def _loader(entries, root: Path, todo: list[list[int]], cfg: Config, device, prep):
     import torch
 
     from pdfnet_pipeline import workers
     from pdfnet_pipeline.depth import inputs
 
-    sup = dam.input_side(cfg.supervision_size) if SUPERVISION in cfg.maps else None
-    prep = inputs.Prep(cfg.size, dam.input_side(cfg.input_size), sup, cfg.draft)
     return torch.utils.data.DataLoader(
         inputs.SampleSource(entries, root, prep),
         batch_sampler=todo,
@@ -182,7 +218,12 @@ def _compute(
 
     done = st.done()
     mine = list(range(rt.rank, len(entries), rt.world))
-    todo = [b for b in inputs.fixed_batches(mine, cfg.batch_size) if not done[b].all()]
+    prep = prep_for(cfg)
+
+    def shapes(index: int):  # the batch key: samples of equal input shapes stack
+        return prep.shapes(entries[index].width, entries[index].height)
+
+    todo = [b for b in inputs.batches(mine, shapes, cfg.batch_size) if not done[b].all()]
     if not todo:
         return 0, []
     skipped: list[str] = []
@@ -190,10 +231,11 @@ def _compute(
     total = sum(int((~done[b]).sum()) for b in todo)
     bar = tqdm(total=total, desc=st.split, unit="img", disable=not cfg.progress or not rt.main, file=sys.stderr)
     try:
-        for batch in _loader(entries, root, todo, cfg, rt.device):
+        for batch in _loader(entries, root, todo, cfg, rt.device, prep):
             failures = list(batch["errors"])
             if batch["index"]:
-                maps, bad = _infer(models, batch, cfg, rt.device, amp)
+                sizes = [(entries[i].height, entries[i].width) for i in batch["index"]]
+                maps, bad = _infer(models, batch, cfg, rt.device, amp, sizes)
                 failures += [(batch["index"][pos], msg) for pos, msg in bad]
                 failed = {i for i, _ in failures}
                 for pos, index in enumerate(batch["index"]):

@@ -94,6 +94,9 @@ def predict(
     ] = "hub",
     dam_arch: Annotated[str, typer.Option(help="DAM v2 size for the depth input.")] = "large",
     dam_input_size: Annotated[int, typer.Option(help="DAM v2 input side (the depth stage's input_size).")] = 518,
+    dam_aspect: Annotated[
+        str, typer.Option(help="square (paper text) or keep (official infer_image): the depth stage's aspect.")
+    ] = "square",
     size: Annotated[int, typer.Option(help="Network input side (multiple of 256).")] = 1024,
     tta: Annotated[bool, typer.Option(help="Flip x 3 scales test-time augmentation.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1 ...")] = "auto",
@@ -108,7 +111,9 @@ def predict(
         typer.echo("error: no images found", err=True)
         raise typer.Exit(2)
     try:
-        predictor = Predictor(checkpoint, dam_arch, dam_weights, size, tta, device, dam_input_size)
+        predictor = Predictor(
+            checkpoint, dam_arch, dam_weights, size, tta, device, dam_input_size, dam_aspect=dam_aspect
+        )
     except (DamWeightsError, FileNotFoundError, ValueError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
