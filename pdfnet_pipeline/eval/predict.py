@@ -1,8 +1,9 @@
 """`pdfnet-pipeline predict`: from photos to masks and cut-outs in one command.
 
 Per image: decode (EXIF applied), DAM v2 large depth exactly as the depth stage computes it
-(518² input, 1024² output, min-max), the image resized to 1024² with the store's filter, PDFNet
-(optionally with TTA), sigmoid, resize back to the photo's size. Writes `<stem>.png` (8-bit mask)
+(518² input, 1024² output, min-max; `--dam-aspect keep`: the stage's aspect-keeping mode), the
+image resized to 1024² with the store's filter, PDFNet (optionally with TTA), sigmoid, resize
+back to the photo's size. Writes `<stem>.png` (8-bit mask)
 and `<stem>_cutout.png` (RGBA: the photo with the mask as alpha). Bad files are reported by name
 and skipped; the others still run. The command itself lives in eval/commands.py, so `--help`
 does not import this module.
@@ -35,7 +36,8 @@ class Predictor:
     """DAM v2 + PDFNet on one device; `__call__(rgb uint8 HxWx3) -> mask uint8 HxW`.
 
     The depth input is computed as the depth stage computes it (`dam_input_size`, default the
-    paper's 518; its store side `size`), then the shared `model_inputs` conversion."""
+    paper's 518; `dam_aspect` its aspect mode; its store side `size`), then the shared
+    `model_inputs` conversion."""
 
     def __init__(
         self,
@@ -47,13 +49,16 @@ class Predictor:
         device: str = "auto",
         dam_input_size: int = 518,
         precision: str = "auto",
+        dam_aspect: str = "square",
     ) -> None:
         from pdfnet_pipeline import runtime
         from pdfnet_pipeline.depth import dam
         from pdfnet_pipeline.model.checkpoint import load_model
 
         self.device = runtime.pick_device(device)
-        self.size, self.tta, self.dam_side = size, tta, dam.input_side(dam_input_size)
+        if dam_aspect not in ("square", "keep"):
+            raise ValueError(f"unknown DAM aspect {dam_aspect!r} (square, keep)")
+        self.size, self.tta, self.dam_target, self.dam_aspect = size, tta, dam_input_size, dam_aspect
         self.precision = runtime.precision(self.device, precision)  # bf16 / fp16 on GPUs, fp32 on CPU
         self.dam, self.dam_provenance = dam.load_dam(dam_arch, dam_weights)
         self.dam.to(self.device)
@@ -61,18 +66,28 @@ class Predictor:
         self.random = dam_weights == "random"
 
     @torch.no_grad()
+    def depth(self, rgb: np.ndarray) -> torch.Tensor:
+        """(1, size, size) float32 DAM v2 depth in [0, 1] of an RGB uint8 image, as the stage's."""
+        from pdfnet_pipeline.depth import dam
+
+        chw = torch.from_numpy(np.array(rgb)).permute(2, 0, 1).to(self.device)  # np.array: writable copy
+        h, w = rgb.shape[:2]
+        x = dam.to_model_input(chw, dam.input_shape(w, h, self.dam_target, self.dam_aspect))[None]
+        if self.dam_aspect == "keep":
+            depth, finite = dam.predict_keep(self.dam, x, [(h, w)], self.size, self.precision.dtype)
+        else:
+            depth, finite = dam.predict(self.dam, x, self.size, self.precision.dtype)
+        if not bool(finite.all()):
+            raise ValueError("DAM v2 produced non-finite depth")
+        return depth
+
+    @torch.no_grad()
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         from pdfnet_pipeline.data.batch import model_inputs
-        from pdfnet_pipeline.depth import dam
         from pdfnet_pipeline.depth.inputs import resize_u8
         from pdfnet_pipeline.eval.tta import predict_logits, to_native_uint8
 
-        chw = torch.from_numpy(np.array(rgb)).permute(2, 0, 1).to(self.device)  # np.array: writable copy
-        x = dam.to_model_input(chw, self.dam_side)[None]
-        depth, finite = dam.predict(self.dam, x, self.size, self.precision.dtype)
-        if not bool(finite.all()):
-            raise ValueError("DAM v2 produced non-finite depth")
-        inputs = model_inputs(resize_u8(rgb, self.size)[None], depth, self.device)
+        inputs = model_inputs(resize_u8(rgb, self.size)[None], self.depth(rgb), self.device)
         with self.precision.autocast(self.device):
             logits = predict_logits(self.model.predict, inputs["image"], inputs["depth"], tta=self.tta)
         return to_native_uint8(logits, rgb.shape[:2])[0, 0].cpu().numpy()
