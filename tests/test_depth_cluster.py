@@ -139,3 +139,18 @@ def test_signal_handlers_are_restored_after_a_run(data, reference):
     before = {s: signal.getsignal(s) for s in preempt.STOP_SIGNALS}
     stage.run(small_cfg(data, reference.parent))
     assert {s: signal.getsignal(s) for s in preempt.STOP_SIGNALS} == before
+
+
+def test_a_signal_during_the_last_batch_finishes_normally(data, reference, tmp_path, monkeypatch):
+    """The stop is looked at before a batch starts: with no batch left, the run just completes."""
+    infer, calls = stage._infer, []
+
+    def signalling(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # batches [0, 1], [2, 3], [4]: the last
+            os.kill(os.getpid(), signal.SIGTERM)
+        return infer(*args, **kwargs)
+
+    monkeypatch.setattr(stage, "_infer", signalling)
+    out = stage.run(small_cfg(data, tmp_path / "stores"))
+    assert len(calls) == 3 and out[0]["done"] == N

@@ -307,3 +307,10 @@ def load_model_file(directory: Path) -> dict:
     from safetensors.torch import load_file
 
     return load_file(str(directory / "model.safetensors"))
+
+
+def test_a_signal_in_the_very_last_step_finishes_normally(tmp_path, stores, monkeypatch):
+    """Nothing is left to resume: no Preempted (exit 75) for a run that completed."""
+    made = signal_at(monkeypatch, 5, signal.SIGTERM)  # epochs=1: micro-step 5 is the last
+    result = train(toy_cfg(tmp_path, [stores[0]], epochs=1), model=toy())
+    assert len(made) == 5 and result.state.step == 5 and result.stopped == ""

@@ -177,9 +177,10 @@ def _loader(entries, root: Path, todo: list[list[int]], cfg: Config, device):
 
 def _compute(
     st: store.Store, entries, root: Path, cfg: Config, rt: runtime.Runtime, models: dict, amp, stop: preempt.StopFlag
-) -> tuple[int, list[str]]:
-    """This rank's missing samples of one split; returns (written, skipped messages). On a stop
-    signal, the batch in hand goes to the writers, they drain, and it returns early."""
+) -> tuple[int, list[str], bool]:
+    """This rank's missing samples of one split; returns (written, skipped messages, interrupted).
+    After a stop signal no new batch starts: the samples computed so far are written (the writers
+    drain) and it returns interrupted=True if batches were left."""
     from tqdm import tqdm
 
     from pdfnet_pipeline.depth import inputs
@@ -188,13 +189,17 @@ def _compute(
     mine = list(range(rt.rank, len(entries), rt.world))
     todo = [b for b in inputs.fixed_batches(mine, cfg.batch_size) if not done[b].all()]
     if not todo:
-        return 0, []
+        return 0, [], False
     skipped: list[str] = []
+    interrupted = False
     writer = Writer(st, cfg.write_threads, max_pending=2 * cfg.batch_size)
     total = sum(int((~done[b]).sum()) for b in todo)
     bar = tqdm(total=total, desc=st.split, unit="img", disable=not cfg.progress or not rt.main, file=sys.stderr)
     try:
         for batch in _loader(entries, root, todo, cfg, rt.device):
+            if stop.requested:
+                interrupted = True
+                break
             failures = list(batch["errors"])
             if batch["index"]:
                 maps, bad = _infer(models, batch, cfg, rt.device, amp)
@@ -213,12 +218,10 @@ def _compute(
                     raise DepthStageError(f"bad input (on_error=stop; rerun resumes): {text}")
                 print(f"skipped: {text}", file=sys.stderr)
                 skipped.append(text)
-            if stop.requested:
-                break
     finally:
         bar.close()
         writer.drain()
-    return writer.written, skipped
+    return writer.written, skipped, interrupted
 
 
 def _run_split(
@@ -251,8 +254,8 @@ def _run_split(
         if not rt.main:
             st = store.open_write(path, spec)
         start = time.perf_counter()
-        written, skipped = _compute(st, entries, Path(manifest.root), cfg, rt, models, amp, stop)
-        parts = rt.gather((skipped, written, stop.requested))  # one rank signalled stops them all
+        written, skipped, interrupted = _compute(st, entries, Path(manifest.root), cfg, rt, models, amp, stop)
+        parts = rt.gather((skipped, written, interrupted))  # one interrupted rank stops them all
         skipped, written = [s for part, _, _ in parts for s in part], sum(w for _, w, _ in parts)
         stopped = any(p[2] for p in parts)
         rt.barrier()  # every rank's writes finished before the lock is released

@@ -519,6 +519,7 @@ def _train(t: Trainer) -> TrainResult:
             break
         if t.agree_to_stop():  # a signal during the close-out: its checkpoint was just written
             break
-    if t.stopping:
+    finished = t.state.epoch >= cfg.epochs or (cfg.max_steps and t.state.step >= cfg.max_steps)
+    if t.stopping and not finished:  # a signal during the very last step: nothing left to resume
         t.result.stopped = t.stop.name or "a stop signal on another rank"
     return t.result
