@@ -136,14 +136,19 @@ _register_commands()
 
 
 def main() -> None:
-    """Console entry: user errors (bad input, settings, files) print one line, not a traceback."""
+    """Console entry: user errors (bad input, settings, files) print one line, not a traceback; a run
+    stopped by a pre-emption signal prints one line and exits with preempt.EXIT_PREEMPTED (75)."""
     from pdfnet_pipeline.errors import UserError
+    from pdfnet_pipeline.preempt import Preempted
 
     try:
         app()
     except UserError as err:
         typer.echo(f"error: {err}", err=True)
         sys.exit(1)
+    except Preempted as stop:  # progress saved: the job script requeues on this exit code
+        typer.echo(f"stopped: {stop}", err=True)
+        sys.exit(stop.exit_code)
 
 
 if __name__ == "__main__":  # torchrun -m pdfnet_pipeline.cli ...

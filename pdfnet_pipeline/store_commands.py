@@ -1,4 +1,4 @@
-"""`pdfnet-pipeline store ...`: inspect a split store and export it as one HDF5 file.
+"""`pdfnet-pipeline store ...`: inspect, verify (and repair) a split store, export it as one HDF5 file.
 
 HDF5 earns its place only as a single-file copy to hand around; training reads the Zarr stores.
 """
@@ -46,6 +46,38 @@ def register(app: typer.Typer) -> None:
         from pdfnet_pipeline import store
 
         typer.echo(json.dumps(store.split_status(path), indent=2))
+
+    @app.command("verify")
+    def verify(
+        path: Annotated[Path, typer.Argument(help="A split store, e.g. stores/DIS-VD.zarr.")],
+        repair: Annotated[
+            bool, typer.Option("--repair", help="Clear the bad samples' done flags (the depth stage recomputes them).")
+        ] = False,
+        threads: Annotated[int, typer.Option(help="Decoding threads.")] = 4,
+    ) -> None:
+        """Check every done sample: each chunk present and decoding (checksums), shapes and dtypes,
+        depth finite and in [0, 1]; image and mask: any uint8 value is valid. Bad samples are
+        listed by row and id. Exit 1 when any is bad (also with --repair: those samples now wait
+        for the depth stage), 0 when all are good."""
+        from pdfnet_pipeline import store
+
+        report = store.verify(path, repair=repair, threads=threads, progress=True)
+        for line in report.layout:
+            typer.echo(f"bad store: {path}: {line} (not repairable sample by sample: rebuild the store)")
+        for b in report.bad:
+            typer.echo(f"bad sample {b.row} ({b.id}): " + "; ".join(b.problems))
+        if not report.checksums:
+            typer.echo(
+                f"note: {path} was written without chunk checksums: damaged image or mask bytes may "
+                f"decode without error (rebuild it to get checksums)"
+            )
+        typer.echo(f"{path}: {report.checked} done samples checked, {len(report.bad)} bad")
+        if report.repaired:
+            typer.echo(
+                f"repaired: cleared the done flags of samples {report.repaired}; rerun the depth stage with "
+                f"the same settings to recompute exactly those"
+            )
+        raise typer.Exit(0 if report.ok else 1)
 
     @app.command("export")
     def export(

@@ -10,6 +10,10 @@ Design choices (why):
 - Samples stay uint8 / float16 up to the device; `data.batch.model_inputs` converts them there.
 - Only the maps a sample needs are read: the drawn input depth, plus the supervision map when
   training. The stores are checked for them at start-up, by name.
+- A chunk that does not decode (store.StoreReadError) is the loop's decision (on_error): in a
+  DataLoader worker an exception reaches the main process as a traceback string, so with
+  `flag_unreadable` the sample comes back as zeros with its message in "error" instead, and the
+  main process stops with that one line or skips the sample.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from pdfnet_pipeline import store, workers
+from pdfnet_pipeline import preempt, store, workers
 from pdfnet_pipeline.data import augment as aug
 
 VAL_DEPTH = "large"  # validation and eval: the paper's inference input
@@ -45,6 +49,9 @@ class DataConfig:
     # Train on a store the depth stage has not finished (only its done samples). Off by default:
     # a half-built store would silently shrink the epoch and change the order a resume replays.
     allow_incomplete: bool = False
+    # A sample whose chunk does not decode: stop naming the store and sample, or skip it (logged
+    # and counted in metrics.jsonl; `pdfnet-pipeline store verify --repair` + the depth stage fix it).
+    on_error: Literal["stop", "skip"] = "stop"
 
 
 class StoreDataset(Dataset):
@@ -59,10 +66,11 @@ class StoreDataset(Dataset):
         augment: aug.AugmentConfig | None = None,
         depth_inputs: tuple[str, ...] | list[str] = store.DEPTH_INPUTS,
         allow_incomplete: bool = False,
+        flag_unreadable: bool = False,
     ) -> None:
         if not paths:
             raise ValueError("StoreDataset needs at least one store")
-        self.train, self.seed = train, seed
+        self.train, self.seed, self.flag_unreadable = train, seed, flag_unreadable
         self.augment = augment if augment is not None else aug.AugmentConfig()
         self.depth_inputs = tuple(depth_inputs) if train else (VAL_DEPTH,)
         self.extra_maps = (store.SUPERVISION,) if train else ()
@@ -96,14 +104,32 @@ class StoreDataset(Dataset):
         rng = np.random.default_rng([self.seed, epoch, index])
         depth_name = self.depth_inputs[int(rng.integers(len(self.depth_inputs)))]
         st, row = self.locate(index)
-        s = st.sample(row, (depth_name, *self.extra_maps))
+        try:
+            s = st.sample(row, (depth_name, *self.extra_maps))
+        except store.StoreReadError as err:
+            if not self.flag_unreadable:
+                raise
+            return self._unreadable(index, str(err))
         image, mask, depth = s.image, s.mask, s.depth[depth_name]
         item = {"index": index, "id": self.ids[index]}
+        if self.flag_unreadable:
+            item["error"] = ""
         if self.train:
             params = aug.sample_params(rng, self.augment, self.size)
             image, mask, (depth, target) = aug.apply(params, image, mask, [depth, s.depth[store.SUPERVISION]])
             item["depth_target"] = _tensor(target)
         item.update(image=_tensor(image), mask=_tensor(mask), depth=_tensor(depth))  # uint8 / float16
+        return item
+
+    def _unreadable(self, index: int, message: str) -> dict:
+        """A sample that did not decode: zeros of the right shapes (the batch still collates) and
+        the message; the loop drops it or stops."""
+        s = self.size
+        item = {"index": index, "id": self.ids[index], "error": message}
+        item.update(image=torch.zeros(s, s, 3, dtype=torch.uint8), mask=torch.zeros(s, s, dtype=torch.uint8))
+        item["depth"] = torch.zeros(s, s, dtype=torch.float16)
+        if self.train:
+            item["depth_target"] = torch.zeros(s, s, dtype=torch.float16)
         return item
 
 
@@ -159,6 +185,7 @@ def _worker_init(_: int) -> None:
     # One thread per worker: the workers are the parallelism; more oversubscribes the cores.
     import cv2
 
+    preempt.shield_worker()  # a job-wide SIGTERM is the main process's to handle
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
 

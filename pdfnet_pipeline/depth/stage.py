@@ -14,6 +14,7 @@ the lock and the layout through the process group; nothing else is coordinated.
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from collections import deque
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from pdfnet_pipeline import runtime, store
+from pdfnet_pipeline import preempt, runtime, store
 from pdfnet_pipeline.depth import dam
 from pdfnet_pipeline.errors import UserError
 
@@ -168,7 +169,9 @@ class Writer:
         self.written = 0
 
     def submit(self, index: int, image, mask, depths: dict) -> None:
-        while len(self.pending) >= self.max_pending:
+        # Wait while the queue is full, and collect finished writes: a failed one (disk full) stops
+        # the run now, not max_pending samples later.
+        while self.pending and (len(self.pending) >= self.max_pending or self.pending[0].done()):
             self.pending.popleft().result()
         # The bound method is looked up per call (tests inject crashes into Store.write_sample).
         self.pending.append(self.pool.submit(self.store.write_sample, index, image, mask, depths))
@@ -202,16 +205,18 @@ def _loader(entries, root: Path, todo: list[list[int]], cfg: Config, device, pre
         num_workers=cfg.workers,
         multiprocessing_context=workers.context((inputs.__name__,)) if cfg.workers > 0 else None,
         collate_fn=inputs.collate,
-        worker_init_fn=inputs.worker_init,
+        worker_init_fn=functools.partial(preempt.shielded, inputs.worker_init),  # SIGTERM: for the main process
         pin_memory=device.type == "cuda",
         prefetch_factor=2 if cfg.workers > 0 else None,
     )
 
 
 def _compute(
-    st: store.Store, entries, root: Path, cfg: Config, rt: runtime.Runtime, models: dict, amp
-) -> tuple[int, list[str]]:
-    """This rank's missing samples of one split; returns (written, skipped messages)."""
+    st: store.Store, entries, root: Path, cfg: Config, rt: runtime.Runtime, models: dict, amp, stop: preempt.StopFlag
+) -> tuple[int, list[str], bool]:
+    """This rank's missing samples of one split; returns (written, skipped messages, interrupted).
+    After a stop signal no new batch starts: the samples computed so far are written (the writers
+    drain) and it returns interrupted=True if batches were left."""
     from tqdm import tqdm
 
     from pdfnet_pipeline.depth import inputs
@@ -225,13 +230,17 @@ def _compute(
 
     todo = [b for b in inputs.batches(mine, shapes, cfg.batch_size) if not done[b].all()]
     if not todo:
-        return 0, []
+        return 0, [], False
     skipped: list[str] = []
+    interrupted = False
     writer = Writer(st, cfg.write_threads, max_pending=2 * cfg.batch_size)
     total = sum(int((~done[b]).sum()) for b in todo)
     bar = tqdm(total=total, desc=st.split, unit="img", disable=not cfg.progress or not rt.main, file=sys.stderr)
     try:
         for batch in _loader(entries, root, todo, cfg, rt.device, prep):
+            if stop.requested:
+                interrupted = True
+                break
             failures = list(batch["errors"])
             if batch["index"]:
                 sizes = [(entries[i].height, entries[i].width) for i in batch["index"]]
@@ -254,10 +263,12 @@ def _compute(
     finally:
         bar.close()
         writer.drain()
-    return writer.written, skipped
+    return writer.written, skipped, interrupted
 
 
-def _run_split(split: str, manifest, cfg: Config, rt: runtime.Runtime, models: dict, prov: dict, amp) -> dict:
+def _run_split(
+    split: str, manifest, cfg: Config, rt: runtime.Runtime, models: dict, prov: dict, amp, stop: preempt.StopFlag
+) -> dict:
     path = cfg.stores / f"{split}.zarr"
     entries = manifest.split(split)
     spec = store.StoreSpec(
@@ -285,19 +296,32 @@ def _run_split(split: str, manifest, cfg: Config, rt: runtime.Runtime, models: d
         if not rt.main:
             st = store.open_write(path, spec)
         start = time.perf_counter()
-        written, skipped = _compute(st, entries, Path(manifest.root), cfg, rt, models, amp)
-        parts = rt.gather((skipped, written))
-        skipped, written = [s for part, _ in parts for s in part], sum(w for _, w in parts)
+        written, skipped, interrupted = _compute(st, entries, Path(manifest.root), cfg, rt, models, amp, stop)
+        parts = rt.gather((skipped, written, interrupted))  # one interrupted rank stops them all
+        skipped, written = [s for part, _, _ in parts for s in part], sum(w for _, w, _ in parts)
+        stopped = any(p[2] for p in parts)
         rt.barrier()  # every rank's writes finished before the lock is released
         if rt.main:
             st.touch(skipped=skipped)
         seconds = time.perf_counter() - start
     summary = store.split_status(path) if rt.main else {}
+    if stopped:  # after the lock is released
+        done = f"{summary['done']}/{summary['n']} samples done, " if rt.main else ""
+        raise preempt.Preempted(
+            f"depth stage stopped on {stop.name or 'a signal'} after writing the samples in flight: {path}: "
+            f"{done}{written} written this run; rerun the same command to finish the missing samples"
+        )
     return {**summary, "split": split, "written": written, "skipped_now": skipped, "seconds": seconds}
 
 
 def run(cfg: Config) -> list[dict]:
-    """Run the stage over every requested split; returns per-split summaries (rank 0 prints them)."""
+    """Run the stage over every requested split; returns per-split summaries (rank 0 prints them).
+    SIGTERM / SIGUSR1: the samples in flight are written, the lock released, then Preempted (exit 75)."""
+    with preempt.catch_stop_signals() as stop:
+        return _run(cfg, stop)
+
+
+def _run(cfg: Config, stop: preempt.StopFlag) -> list[dict]:
     from pdfnet_pipeline.data.manifest import read_manifest
 
     _check_maps(cfg)
@@ -310,7 +334,7 @@ def run(cfg: Config) -> list[dict]:
             m.to(rt.device)
         out = []
         for split in cfg.splits or manifest.splits():
-            summary = _run_split(split, manifest, cfg, rt, models, prov, amp)
+            summary = _run_split(split, manifest, cfg, rt, models, prov, amp, stop)
             if rt.main:
                 print(
                     f"{split}: {summary['done']}/{summary['n']} done, {summary['written']} written this run "

@@ -9,9 +9,11 @@ numbers are comparable with published ones. A store built from another manifest 
 from __future__ import annotations
 
 import json
+import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -22,10 +24,11 @@ from pdfnet_pipeline import provenance, runtime
 from pdfnet_pipeline.data.dataset import VAL_DEPTH, StoreDataset
 from pdfnet_pipeline.data.images import load_mask
 from pdfnet_pipeline.data.manifest import read_manifest
+from pdfnet_pipeline.errors import UserError
 from pdfnet_pipeline.eval.report import SheetRow, contact_sheet, plot_curves, write_tables
 from pdfnet_pipeline.eval.tta import predict_logits, to_native_uint8
 from pdfnet_pipeline.model.checkpoint import CheckpointError
-from pdfnet_pipeline.store import StoreError
+from pdfnet_pipeline.store import StoreError, StoreReadError
 
 TEST_SPLITS = ("DIS-TE1", "DIS-TE2", "DIS-TE3", "DIS-TE4")
 ALL_TE = "DIS-TE (all)"
@@ -46,6 +49,25 @@ class Config:
     precision: runtime.PrecisionName = "auto"  # auto: bf16 (fp16 without bf16) on CUDA, fp32 on CPU
     metric_workers: int = 0  # 0: all cores
     sheet_rows: int = 3  # best and worst samples in the contact sheet
+    # A sample whose store chunk does not decode: stop naming the store and sample, or skip it
+    # (reported; left out of the metrics, so the split's count shows it).
+    on_error: Literal["stop", "skip"] = "stop"
+
+
+class EvalWriteError(UserError, OSError):
+    """A prediction PNG could not be written (disk full, I/O error); no partial file is left."""
+
+
+def write_png(array: np.ndarray, path: Path) -> None:
+    """Save under a temporary name, then rename: a failed write leaves no half PNG under `path`
+    (an earlier complete one stays)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        Image.fromarray(array).save(tmp, format="PNG")
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise EvalWriteError(f"cannot write prediction {path}: {err}; free space or fix the disk and rerun") from err
 
 
 def find_checkpoint(run_dir: Path) -> Path:
@@ -78,7 +100,13 @@ def _predict_split(model, ds, out_dir: Path, cfg: Config, device, prec: runtime.
     out_dir.mkdir(parents=True, exist_ok=True)
     records = []
     for i in tqdm(range(len(ds)), desc=f"predict {st.split}", unit="img"):
-        item = ds[i]
+        try:
+            item = ds[i]
+        except StoreReadError as err:  # one line naming the store, sample and array
+            if cfg.on_error == "stop":
+                raise
+            print(f"skipped (on_error=skip, not in the metrics): {err}", file=sys.stderr)
+            continue
         batch = {k: item[k][None] for k in ("image", "depth")}
         inputs = batch_inputs(batch, device)
         with torch.no_grad(), prec.autocast(device):
@@ -87,7 +115,7 @@ def _predict_split(model, ds, out_dir: Path, cfg: Config, device, prec: runtime.
         h, w = (int(v) for v in orig[row])
         pred = to_native_uint8(logits, (h, w))[0, 0].cpu().numpy()
         path = out_dir / f"{item['id']}.png"
-        Image.fromarray(pred).save(path)
+        write_png(pred, path)
         records.append({"id": item["id"], "row": row, "pred": path})
     return records
 

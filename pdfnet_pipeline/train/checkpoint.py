@@ -9,7 +9,8 @@ One directory per checkpoint, `checkpoints/step_00001234/`:
                          python RNG states, best scores, resolved config, model config
 The directory is written under a temporary name and renamed into place (atomic on POSIX), and
 `latest.json` / `best.json` are pointers replaced with os.replace: a crash at any moment leaves the
-previous checkpoint and pointers intact. Old directories beyond `keep` are pruned; the best one
+previous checkpoint and pointers intact. A failed write (disk full, I/O error) removes the partial
+directory and raises CheckpointWriteError naming the path; the previous checkpoint stays latest. Old directories beyond `keep` are pruned; the best one
 is kept, and a hard link `best.safetensors` (model only) sits in the run directory for eval.
 """
 
@@ -25,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from pdfnet_pipeline.errors import UserError
@@ -37,6 +39,15 @@ NON_ARCH_KEYS = frozenset({"backbone_weights", "drop_path", "patch_grad", "fused
 
 class RunDirInUseError(UserError, FileExistsError):
     """A fresh run (resume=false) aimed at a run directory that already holds checkpoints."""
+
+
+class CheckpointWriteError(CheckpointError):
+    """Writing a checkpoint failed (disk full, I/O error); the previous checkpoint is intact."""
+
+
+# What a failed write raises: OSError from Python's own I/O, SafetensorError from safetensors'
+# (measured: a write over the file-size limit gives "Error while serializing: I/O error: File too large").
+WRITE_ERRORS = (OSError, SafetensorError)
 
 
 @dataclass
@@ -71,9 +82,13 @@ def _fsync(path: Path) -> None:
 
 def _write_json(path: Path, data: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1))
-    _fsync(tmp)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(data, indent=1))
+        _fsync(tmp)
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def save_weights(model: torch.nn.Module, path: Path) -> None:
@@ -186,12 +201,36 @@ def save_checkpoint(
 
     `rank_rng`: every rank's torch_rng_state() (DDP, gathered to rank 0); default this process's.
     """
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
     name = f"step_{state.step:08d}"
     final = ckpt_dir / name
     tmp = ckpt_dir / f".{name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    try:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        _write_files(tmp, model, optimizer, scaler, state, config, model_config, rank_rng)
+    except WRITE_ERRORS as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _write_error(final, err) from err
+    try:
+        _publish(ckpt_dir, tmp, final, state)
+    except OSError as err:
+        raise _write_error(final, err) from err
+    _prune(ckpt_dir, keep)
+    return final
+
+
+def _write_error(final: Path, err: Exception) -> CheckpointWriteError:
+    latest = _pointer(final.parent, "latest") if (final.parent / "latest.json").is_file() else None
+    kept = f"latest.json still points at {latest}, intact" if latest else "no earlier checkpoint"
+    return CheckpointWriteError(
+        f"cannot write checkpoint {final}: {err}; nothing partial was kept ({kept}): free space or fix "
+        f"the disk, then rerun with resume=true"
+    )
+
+
+def _write_files(tmp: Path, model, optimizer, scaler, state: TrainState, config, model_config, rank_rng) -> None:
+    """Every file of a checkpoint into `tmp`, fsynced."""
     save_weights(model, tmp / "model.safetensors")
     opt_tensors, opt_meta = _optimizer_split(optimizer)
     save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
@@ -211,6 +250,11 @@ def save_checkpoint(
     (tmp / "state.json").write_text(json.dumps(doc, indent=1))
     for f in tmp.iterdir():
         _fsync(f)
+
+
+def _publish(ckpt_dir: Path, tmp: Path, final: Path, state: TrainState) -> None:
+    """Rename the written `tmp` into place, then point latest.json at it."""
+    name = final.name
     old = None
     if final.exists():  # same step saved again: move the old copy aside, never delete it first,
         old = ckpt_dir / f".{name}.old-{os.getpid()}"  # so a crash leaves one complete folder
@@ -220,20 +264,26 @@ def save_checkpoint(
     if old is not None:
         shutil.rmtree(old)
     _write_json(ckpt_dir / "latest.json", {"dir": name, "step": state.step, "epoch": state.epoch})
-    _prune(ckpt_dir, keep)
-    return final
 
 
 def mark_best(ckpt_dir: Path, run_dir: Path, checkpoint: Path, scores: dict[str, float]) -> None:
-    """Point best.json at `checkpoint` and hard-link its weights to run_dir/best.safetensors."""
-    _write_json(ckpt_dir / "best.json", {"dir": checkpoint.name, **scores})
+    """Point best.json at `checkpoint` and hard-link its weights to run_dir/best.safetensors.
+    The link (or copy) is made first: a failed copy changes neither best.json nor best.safetensors."""
     tmp = run_dir / f".best.safetensors.tmp-{os.getpid()}"
-    tmp.unlink(missing_ok=True)
     try:
-        os.link(checkpoint / "model.safetensors", tmp)
-    except OSError:  # filesystems without hard links
-        shutil.copyfile(checkpoint / "model.safetensors", tmp)
-    os.replace(tmp, run_dir / "best.safetensors")
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(checkpoint / "model.safetensors", tmp)
+        except OSError:  # filesystems without hard links
+            shutil.copyfile(checkpoint / "model.safetensors", tmp)
+        _write_json(ckpt_dir / "best.json", {"dir": checkpoint.name, **scores})
+        os.replace(tmp, run_dir / "best.safetensors")
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise CheckpointWriteError(
+            f"cannot mark {checkpoint} as best ({run_dir / 'best.safetensors'}): {err}; free space or fix the "
+            f"disk, then rerun with resume=true"
+        ) from err
 
 
 def _pointer(ckpt_dir: Path, name: str) -> str | None:

@@ -8,6 +8,12 @@ the mean over exactly the samples seen), optional clipping and torch.compile.
 Exact resume: the checkpoint holds model, optimizer, scaler, every RNG, the step and the position
 in the epoch; data randomness depends only on (seed, epoch, sample), and the loader gets its own
 generator, so a resumed run replays the same samples, the same dropout and the same arithmetic.
+
+Pre-emption (SIGTERM / SIGUSR1, see preempt.py): the handler sets a flag; the flag rides on the
+all-reduce every optimizer step already makes, so all ranks see it after the same step (never
+inside an accumulation window), save a checkpoint and return with `stopped` set; the stage then
+raises Preempted (exit code 75). A signal during an epoch's last step lets that epoch close
+(validation, epoch checkpoint) first, as max_steps does, so the resumed metrics log is identical.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import dataclasses
 import json
 import random
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,11 +33,12 @@ import torch
 from PIL import Image, ImageDraw
 
 from pdfnet_pipeline import config as cfgmod
-from pdfnet_pipeline import provenance, runtime
+from pdfnet_pipeline import preempt, provenance, runtime
 from pdfnet_pipeline.data.batch import batch_inputs
 from pdfnet_pipeline.data.dataset import EpochSampler, ShardSampler, StoreDataset, make_loader
 from pdfnet_pipeline.errors import UserError
 from pdfnet_pipeline.model.checkpoint import CheckpointError
+from pdfnet_pipeline.store import StoreReadError
 from pdfnet_pipeline.train import checkpoint as ckpt
 from pdfnet_pipeline.train.config import Config
 from pdfnet_pipeline.train.optim import Window, accumulation_windows, build_optimizer, lr_at, set_lr
@@ -47,6 +55,8 @@ class TrainResult:
     val: list[dict] = field(default_factory=list)
     state: ckpt.TrainState = field(default_factory=ckpt.TrainState)
     is_main: bool = True
+    stopped: str = ""  # the stop signal's name when a pre-emption signal ended the run early
+    checkpoint: Path | None = None  # the last checkpoint written (rank 0)
 
 
 def seed_all(seed: int) -> None:
@@ -148,6 +158,11 @@ class Trainer:
     log: RunLog
     model_config: dict
     result: TrainResult = field(default_factory=TrainResult)
+    stop: preempt.StopFlag = field(default_factory=preempt.StopFlag)
+    stopping: bool = False  # some rank got a stop signal; every rank agrees on it at a step boundary
+    skipped_now: int = 0  # unreadable samples dropped since the last optimizer step (this rank)
+    kept_now: int = 0  # samples trained on since the last optimizer step (this rank)
+    step_skipped: int = 0  # unreadable samples dropped in the last optimizer step (every rank)
 
     @property
     def device(self) -> torch.device:
@@ -159,21 +174,63 @@ class Trainer:
     def save(self) -> Path | None:
         rng = self.rt.gather(ckpt.torch_rng_state())
         self.state.extra["world"] = self.rt.world  # a mid-epoch resume must use the same world size
-        path = None
+        path, error = None, None
         if self.rt.main:
-            path = ckpt.save_checkpoint(
-                self.cfg.run_dir / "checkpoints",
-                self.model,
-                self.optimizer,
-                self.scaler,
-                self.state,
-                config=cfgmod.to_dict(self.cfg),
-                model_config=self.model_config,
-                keep=self.cfg.keep,
-                rank_rng=rng,
-            )
-        self.rt.barrier()
+            try:
+                path = ckpt.save_checkpoint(
+                    self.cfg.run_dir / "checkpoints",
+                    self.model,
+                    self.optimizer,
+                    self.scaler,
+                    self.state,
+                    config=cfgmod.to_dict(self.cfg),
+                    model_config=self.model_config,
+                    keep=self.cfg.keep,
+                    rank_rng=rng,
+                )
+            except ckpt.CheckpointWriteError as err:
+                error = str(err)
+        error = self.rt.broadcast(error)  # also the barrier: no rank goes on before rank 0 wrote
+        if error:
+            raise ckpt.CheckpointWriteError(error)
+        self.result.checkpoint = path
         return path
+
+    def mark_best(self, path: Path | None, scores: dict) -> None:
+        error = None
+        if self.rt.main and path is not None:
+            try:
+                ckpt.mark_best(self.cfg.run_dir / "checkpoints", self.cfg.run_dir, path, scores)
+            except ckpt.CheckpointWriteError as err:
+                error = str(err)
+        error = self.rt.broadcast(error)  # every rank stops on rank 0's failed write
+        if error:
+            raise ckpt.CheckpointWriteError(error)
+
+    def readable(self, batch: dict) -> tuple[dict, int, int]:
+        """(batch without the samples whose chunks did not decode, samples kept, samples dropped).
+        data.on_error=stop raises the first as a one-line StoreReadError; skip prints each. When
+        none is readable the zero placeholders stay, counted as 0 samples (weight 0): DDP ranks
+        still run the same forward / backward."""
+        errors = batch.pop("error", None) or []
+        bad = [e for e in errors if e]
+        if not bad:
+            return batch, len(batch["id"]), 0
+        if self.cfg.data.on_error == "stop":
+            raise StoreReadError(f"{bad[0]} (data.on_error=skip would skip it)")
+        for message in bad:
+            print(f"skipped (data.on_error=skip): {message}", file=sys.stderr)
+        keep = [k for k, e in enumerate(errors) if not e]
+        if keep:
+            idx = torch.tensor(keep)
+            batch = {k: v[idx] if torch.is_tensor(v) else [v[i] for i in keep] for k, v in batch.items()}
+        return batch, len(keep), len(bad)
+
+    def agree_to_stop(self) -> bool:
+        """Outside a step (epoch boundary): did any rank get a stop signal? All ranks get one answer."""
+        flag = torch.tensor([float(self.stopping or self.stop.requested)], device=self.device)
+        self.stopping = bool(self.rt.all_reduce(flag, "max").item())
+        return self.stopping
 
     def micro_step(self, batch: dict, weight: float, sync: bool) -> torch.Tensor:
         inputs = batch_inputs(batch, self.device)
@@ -195,15 +252,23 @@ class Trainer:
         loss = sum(part * w for _, part, w in window)
         # With a GradScaler, inf gradients are its business (it skips the step); without one they stop the run.
         grad_counts = 0.0 if self.scaler.is_enabled() else 1.0
-        flags = torch.stack(
+        # One reduction per step carries all the ranks must agree on: mean loss, NaN/inf flags, the
+        # stop flag (pre-emption) and the samples skipped / trained on in this window.
+        local = torch.stack(
             [loss.float() / self.rt.world, (~loss.isfinite()).float(), (~gnorm.isfinite()) * grad_counts]
         )
-        mean_loss, bad_loss, bad_grad = self.rt.all_reduce(flags.to(self.device)).tolist()  # one host read
+        extra = torch.tensor([float(self.stop.requested), float(self.skipped_now), float(self.kept_now)])
+        reduced = self.rt.all_reduce(torch.cat([local.to(self.device), extra.to(self.device)]))
+        mean_loss, bad_loss, bad_grad, stop, skipped, kept = reduced.tolist()  # one host read
+        self.stopping, self.step_skipped = self.stopping or stop > 0, int(skipped)
+        self.skipped_now = self.kept_now = 0
+        self.state.extra["skipped"] = self.state.extra.get("skipped", 0) + int(skipped)  # this epoch, every rank
         if bad_loss or bad_grad:
             self.optimizer.zero_grad(set_to_none=True)
             raise self._non_finite("loss" if bad_loss else "gradients", window, epoch)
         set_lr(self.optimizer, lr_at(self.state.step, total_steps, self.cfg.optim))
-        self.scaler.step(self.optimizer)
+        if kept:  # a step whose every sample was unreadable (on_error=skip) has nothing to learn from
+            self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.state.step += 1
@@ -229,7 +294,8 @@ class Trainer:
         self.train_model.train()
         for j, batch in enumerate(loader, start=self.state.position):
             win: Window = windows[j // acc]
-            n = len(batch["id"])
+            batch, n, dropped = self.readable(batch)
+            self.skipped_now, self.kept_now = self.skipped_now + dropped, self.kept_now + n
             last = j + 1 == win.end
             pending.append((batch["id"], self.micro_step(batch, win.weight(n), sync=last), win.weight(n)))
             seen += n * self.rt.world
@@ -239,19 +305,23 @@ class Trainer:
             pending = []
             self.state.position = j + 1
             self.result.losses.append(loss)
+            # The epoch's mean loss is summed in the state, so a mid-epoch resume logs the same mean.
+            extra = self.state.extra
+            extra["loss_sum"], extra["loss_steps"] = extra.get("loss_sum", 0.0) + loss, extra.get("loss_steps", 0) + 1
             lr = self.optimizer.param_groups[0]["lr"]
             rate = seen / max(time.perf_counter() - t0, 1e-9)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", sps=f"{rate:.2f}")
             if cfg.log_every and self.state.step % cfg.log_every == 0:
+                skips = {"skipped": self.step_skipped} if self.step_skipped else {}
                 self.log.write(
                     kind="step", step=self.state.step, epoch=epoch, loss=loss, lr=lr,
-                    grad_norm=gnorm, samples_per_s=rate, time=time.time(),
+                    grad_norm=gnorm, samples_per_s=rate, time=time.time(), **skips,
                 )  # fmt: skip
             if win is windows[-1]:  # the epoch's last step: the epoch close-out logs, validates, saves
                 continue
-            if cfg.max_steps and self.state.step >= cfg.max_steps:
+            if self.stopping or (cfg.max_steps and self.state.step >= cfg.max_steps):
                 self.save()
                 return True
             if cfg.ckpt_every and self.state.step % cfg.ckpt_every == 0:
@@ -263,8 +333,12 @@ class Trainer:
     @torch.no_grad()
     def validate(self, loader, epoch: int) -> dict:
         self.model.eval()
-        scores, saved = ValScores(self.device), 0
+        scores, saved, skipped = ValScores(self.device), 0, 0
         for batch in loader:
+            batch, n, dropped = self.readable(batch)
+            skipped += dropped
+            if n == 0:
+                continue
             inputs = batch_inputs(batch, self.device)
             with self.autocast():
                 logits = self.model.predict(inputs["image"], inputs["depth"])
@@ -276,7 +350,12 @@ class Trainer:
                 self.log.save_images(epoch, batch["id"][:k], batch["image"][:k], batch["mask"][:k], pred[:k])
                 saved += k
         self.model.train()
-        return ValScores.result(self.rt.all_reduce(scores.packed()))
+        result = ValScores.result(self.rt.all_reduce(scores.packed()))
+        if self.cfg.data.on_error == "skip":  # only then can samples be missing from the scores
+            skipped = int(self.rt.all_reduce(torch.tensor([float(skipped)], device=self.device)).item())
+            if skipped:
+                result["skipped"] = skipped
+        return result
 
 
 def check_run_dir(cfg: Config) -> list[Path]:
@@ -373,7 +452,10 @@ def train(cfg: Config, model: torch.nn.Module | None = None) -> TrainResult:
     """Run (or resume) training as configured; `model` overrides building cfg.model (tests)."""
     rt = runtime.init(cfg.device)
     try:
-        return _train(_setup(cfg, rt, model))
+        with preempt.catch_stop_signals() as stop:
+            trainer = _setup(cfg, rt, model)
+            trainer.stop = stop
+            return _train(trainer)
     finally:
         rt.shutdown()
 
@@ -388,13 +470,16 @@ def _train(t: Trainer) -> TrainResult:
         augment=data.augment,
         depth_inputs=data.depth_inputs,
         allow_incomplete=data.allow_incomplete,
+        flag_unreadable=True,  # the loop applies data.on_error in the main process
     )
     sampler = EpochSampler(len(train_ds), shuffle=True, seed=cfg.seed, rank=rt.rank, world=rt.world)
     pin = rt.device.type == "cuda"
     loader = make_loader(train_ds, sampler, data, cfg.batch_size, pin_memory=pin)
     val_loader = None
     if cfg.val_every and data.val_stores:
-        val_ds = StoreDataset(data.val_stores, train=False, allow_incomplete=data.allow_incomplete)
+        val_ds = StoreDataset(
+            data.val_stores, train=False, allow_incomplete=data.allow_incomplete, flag_unreadable=True
+        )
         val_loader = make_loader(
             val_ds,
             ShardSampler(len(val_ds), rt.rank, rt.world),
@@ -404,32 +489,37 @@ def _train(t: Trainer) -> TrainResult:
         )
     total_steps = cfg.epochs * len(accumulation_windows(sampler.per_rank(), cfg.batch_size, cfg.accum_steps))
     for epoch in range(t.state.epoch, cfg.epochs):
-        t0, first = time.time(), len(t.result.losses)
+        t0 = time.time()
         if t.run_epoch(epoch, loader, sampler, total_steps):
             break
         t.state.epoch, t.state.position = epoch + 1, 0
         record = {"kind": "epoch", "epoch": epoch, "step": t.state.step, "seconds": time.time() - t0}
-        losses = t.result.losses[first:]
-        if losses:
-            record["train_loss"] = sum(losses) / len(losses)
+        loss_sum, steps = t.state.extra.pop("loss_sum", 0.0), t.state.extra.pop("loss_steps", 0)
+        if steps:
+            record["train_loss"] = loss_sum / steps
+        skipped = t.state.extra.pop("skipped", 0)  # counted per epoch; the saved state starts the next at 0
+        if skipped:
+            record["skipped"] = skipped
         scores = None
         if val_loader is not None and (epoch + 1) % cfg.val_every == 0:
             scores = t.validate(val_loader, epoch)
             t.result.val.append(scores)
             record.update(val_max_f=scores["max_f"], val_mae=scores["mae"])
+            if "skipped" in scores:
+                record["val_skipped"] = scores["skipped"]
             if scores["max_f"] > t.state.best_max_f:
                 t.state.best_max_f, t.state.best_mae, t.state.best_step = scores["max_f"], scores["mae"], t.state.step
             else:
                 scores = None  # not a new best
         t.log.write(**record)
         path = t.save()
-        if scores is not None and rt.main and path is not None:
-            ckpt.mark_best(
-                cfg.run_dir / "checkpoints",
-                cfg.run_dir,
-                path,
-                {"max_f": scores["max_f"], "mae": scores["mae"], "step": t.state.step},
-            )
+        if scores is not None:
+            t.mark_best(path, {"max_f": scores["max_f"], "mae": scores["mae"], "step": t.state.step})
         if cfg.max_steps and t.state.step >= cfg.max_steps:
             break
+        if t.agree_to_stop():  # a signal during the close-out: its checkpoint was just written
+            break
+    finished = t.state.epoch >= cfg.epochs or (cfg.max_steps and t.state.step >= cfg.max_steps)
+    if t.stopping and not finished:  # a signal during the very last step: nothing left to resume
+        t.result.stopped = t.stop.name or "a stop signal on another rank"
     return t.result
