@@ -13,6 +13,7 @@ import json
 import shutil
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -34,14 +35,24 @@ class Browser:
                 self.close()
                 raise RuntimeError(f"chromium did not start (exit {self.proc.returncode})")
             time.sleep(0.1)
-        port = port_file.read_text().split()[0]
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=30) as r:
-            page = next(t for t in json.load(r) if t["type"] == "page")
+        page = self._page_target(port_file.read_text().split()[0], deadline)
         self.ws = websocket.create_connection(page["webSocketDebuggerUrl"], timeout=120, suppress_origin=True)
         self.ids = itertools.count(1)
         self.events: list[dict] = []
         for domain in ("Page", "Runtime", "Log", "Network"):
             self.call(f"{domain}.enable")
+
+    def _page_target(self, port: str, deadline: float) -> dict:
+        """The page's DevTools target; the port can be announced a moment before it accepts."""
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=30) as r:
+                    return next(t for t in json.load(r) if t["type"] == "page")
+            except (ConnectionError, urllib.error.URLError, StopIteration):
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    self.close()
+                    raise
+                time.sleep(0.2)
 
     def call(self, method: str, **params) -> dict:
         """Send one command, keep the events that arrive meanwhile, return its result."""
