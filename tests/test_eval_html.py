@@ -56,7 +56,9 @@ def test_thumbnails_keep_the_photo_aspect_and_content(tmp_path):
     square[:, 512:] = (0, 0, 255)
     item = GalleryItem("DIS-VD", "wide", {"mae": 0.5}, square, np.full((1024, 1024), 0.25), gt, 255 - gt)
     Image.fromarray(gt).save(tmp_path / "gt.png")
-    file_item = GalleryItem("DIS-VD", "from files", {"mae": 0.1}, square, square[..., 2], tmp_path / "gt.png", gt)
+    file_item = GalleryItem(
+        "DIS-VD", "from files", {"mae": 0.1}, lambda: square, square[..., 2], tmp_path / "gt.png", gt
+    )
     write_index(tmp_path / "eval", {}, [item, file_item])
     thumbs = tmp_path / "eval" / "thumbs"
     assert sorted(p.name for p in thumbs.iterdir()) == sorted(
@@ -72,6 +74,8 @@ def test_thumbnails_keep_the_photo_aspect_and_content(tmp_path):
     error_t = np.asarray(Image.open(thumbs / "00000_error.png"))  # prediction = inverted GT
     assert (error_t[:, :68] == [0, 128, 255]).all() and (error_t[:, 76:] == [255, 0, 0]).all()
     assert (np.asarray(Image.open(thumbs / "00001_error.png")) == 0).all()  # perfect prediction
+    lazy = np.asarray(Image.open(thumbs / "00001_image.jpg"))  # the same square, read through a function
+    assert np.abs(lazy.astype(int) - image_t).max() <= 2
 
 
 def test_page_rows_worst_first_escaped_and_offline(tmp_path):

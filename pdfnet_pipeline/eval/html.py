@@ -12,6 +12,7 @@ from __future__ import annotations
 import html
 import os
 import shutil
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,9 @@ IMAGE_METRICS = {
     "mae": "MAE",
     "hce": "HCE",
 }
-Source = Path | str | np.ndarray  # a file, or an array: uint8, or float in [0, 1]
+# A file, an array (uint8, or float in [0, 1]) or a function returning one: read when its
+# thumbnail is made, so 2,470 items need not hold their images in memory (e.g. store rows).
+Source = Path | str | np.ndarray | Callable[[], np.ndarray]
 
 
 @dataclass
@@ -51,6 +54,8 @@ KINDS = (("image", "jpg"), ("depth", "jpg"), ("gt", "png"), ("pred", "png"), ("e
 
 
 def _open(src: Source, mode: str, side: int) -> Image.Image:
+    if callable(src):
+        src = np.asarray(src())
     if isinstance(src, np.ndarray):
         arr = src if src.dtype == np.uint8 else (np.clip(src, 0, 1) * 255).round().astype(np.uint8)
         return Image.fromarray(arr).convert(mode)
