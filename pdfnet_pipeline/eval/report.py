@@ -25,7 +25,7 @@ COLUMNS = (
 )
 
 
-def _fmt(key: str, value: float) -> str:
+def format_value(key: str, value: float) -> str:
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return "–"
     return f"{value:.0f}" if key == "HCE" else f"{value:.3f}"
@@ -40,7 +40,7 @@ def markdown_table(results: dict[str, dict[str, float]], label: str | None = Non
     lines.append("| metric | " + " | ".join(splits) + " |")
     lines.append("|---|" + "---:|" * len(splits))
     for key, title, _ in COLUMNS:
-        lines.append(f"| {title} | " + " | ".join(_fmt(key, results[s].get(key)) for s in splits) + " |")
+        lines.append(f"| {title} | " + " | ".join(format_value(key, results[s].get(key)) for s in splits) + " |")
     lines.append("| images | " + " | ".join(str(results[s].get("count", "")) for s in splits) + " |")
     return "\n".join(lines) + "\n"
 

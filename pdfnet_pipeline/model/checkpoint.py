@@ -1,9 +1,13 @@
-"""Model checkpoints: this project's safetensors files and the reference `.pth` converter.
+"""Model checkpoints: this project's safetensors files, Hub-style folders, the reference `.pth` converter.
 
 A project checkpoint is a safetensors file of the model's state dict with the `PDFNetConfig` as
-JSON in its metadata; loading one never unpickles. `convert_reference` maps a checkpoint in the
-reference's key layout (e.g. the released `PDFNet_Best.pth`, loaded with `weights_only=True`)
-strictly onto this project's modules: any missing, unexpected or mis-shaped key is an error.
+JSON in its metadata; loading one never unpickles. A Hub-style folder (`PDFNet.save_pretrained`)
+holds that very file as `model.safetensors` beside a `config.json`; `load_model` takes a file, such
+a folder, or a Hugging Face Hub id (downloaded by huggingface_hub into its cache).
+
+`convert_reference` maps a checkpoint in the reference's key layout (e.g. the released
+`PDFNet_Best.pth`, loaded with `weights_only=True`) strictly onto this project's modules: any
+missing, unexpected or mis-shaped key is an error.
 """
 
 from __future__ import annotations
@@ -21,6 +25,9 @@ from pdfnet_pipeline.errors import UserError
 from pdfnet_pipeline.model.pdfnet import PDFNet, PDFNetConfig
 
 FORMAT = "pdfnet-pipeline-model"
+WEIGHTS_NAME = "model.safetensors"  # the Hub's names, so the folder also reads as a Hub repo
+CONFIG_NAME = "config.json"
+_FILE_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
 
 
 class CheckpointError(UserError, ValueError):
@@ -40,6 +47,61 @@ def _save(state: dict[str, torch.Tensor], cfg: PDFNetConfig, path: str | Path) -
     save_file(state, str(path), metadata=meta)
 
 
+def save_pretrained(model: PDFNet, folder: str | Path) -> Path:
+    """Hub layout: the project checkpoint as `model.safetensors` and its config as `config.json`."""
+    folder = Path(folder)
+    save_model(model, folder / WEIGHTS_NAME)
+    config = {"format": FORMAT, "cfg": dataclasses.asdict(model.cfg)}
+    (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return folder
+
+
+def resolve_checkpoint(source: str | Path, revision: str | None = None, **hub_kwargs) -> Path:
+    """The weights file of a project .safetensors file, a `save_pretrained` folder or a Hub id.
+
+    Anything that is neither an existing file nor folder is taken as a Hub id unless it looks like a
+    path (a checkpoint suffix, or starting with `.`, `/` or `~`): a mistyped path is not sent to the
+    Hub. `hub_kwargs` go to `huggingface_hub.snapshot_download` (cache_dir, token, local_files_only).
+    """
+    path = Path(source)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        return _folder_weights(path)
+    text = str(source)
+    if path.suffix in _FILE_SUFFIXES or text.startswith((".", "/", "~")):
+        raise CheckpointError(f"{text}: no such checkpoint file or folder")
+    return _folder_weights(_download(text, revision, hub_kwargs))
+
+
+def _download(repo_id: str, revision: str | None, hub_kwargs: dict) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import EntryNotFoundError, HFValidationError
+
+    try:
+        folder = snapshot_download(repo_id, revision=revision, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME], **hub_kwargs)
+    except (OSError, EntryNotFoundError, HFValidationError) as err:  # offline, unknown repo, bad id, network
+        first = (str(err).strip().splitlines() or [""])[0]
+        raise CheckpointError(
+            f"{repo_id}: no such local checkpoint file or folder, and no Hugging Face Hub model of that id"
+            f" could be fetched ({type(err).__name__}: {first})"
+        ) from None
+    return Path(folder)
+
+
+def _folder_weights(folder: Path) -> Path:
+    """`model.safetensors` of a Hub-style folder, after checking `config.json` agrees with it."""
+    weights, config = folder / WEIGHTS_NAME, folder / CONFIG_NAME
+    if not weights.is_file() or not config.is_file():
+        raise CheckpointError(f"{folder}: not a save_pretrained folder (needs {WEIGHTS_NAME} and {CONFIG_NAME})")
+    stated = json.loads(config.read_text()).get("cfg", {})
+    actual = dataclasses.asdict(read_config(weights))
+    differ = sorted(k for k in actual if k in stated and stated[k] != actual[k])
+    if differ:  # the weights' metadata builds the model: a hand-edited config.json must not mislead
+        raise CheckpointError(f"{config} disagrees with {WEIGHTS_NAME} on {', '.join(differ)}")
+    return weights
+
+
 def read_config(path: str | Path) -> PDFNetConfig:
     from safetensors import SafetensorError
 
@@ -57,8 +119,14 @@ def read_config(path: str | Path) -> PDFNetConfig:
     return PDFNetConfig(**{k: v for k, v in raw.items() if k in fields})
 
 
-def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> PDFNet:
-    """Build the model from the checkpoint's config and load its weights strictly (no pickle)."""
+def load_model(
+    source: str | Path, map_location: str | torch.device = "cpu", revision: str | None = None, **hub_kwargs
+) -> PDFNet:
+    """Build the model from the checkpoint's config and load its weights strictly (no pickle).
+
+    `source`: a project .safetensors file, a `save_pretrained` folder or a Hub id (`resolve_checkpoint`).
+    """
+    path = resolve_checkpoint(source, revision, **hub_kwargs)
     cfg = dataclasses.replace(read_config(path), backbone_weights="random")
     with torch.device("meta"):
         model = PDFNet(cfg)

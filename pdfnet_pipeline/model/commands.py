@@ -1,4 +1,4 @@
-"""`pdfnet-pipeline model info` and `pdfnet-pipeline model convert`."""
+"""`pdfnet-pipeline model info`, `model convert` and `model export`."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import typer
 def register(app: typer.Typer) -> None:
     app.command("info")(info)
     app.command("convert")(convert)
+    app.command("export")(export)
 
 
 def info(
@@ -55,3 +56,34 @@ def convert(
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"wrote {out}: {stats['tensors']} tensors, {stats['parameters']:,} parameters")
+
+
+def export(
+    checkpoint: Annotated[str, typer.Argument(help="Project .safetensors file, save_pretrained folder or Hub id.")],
+    out: Annotated[Path, typer.Argument(help="Output file, e.g. pdfnet.onnx.")],
+    format_: Annotated[str, typer.Option("--format", help="Export format: onnx.")] = "onnx",
+    size: Annotated[
+        int, typer.Option(help="Input height = width (a multiple of 256); the batch stays dynamic.")
+    ] = 1024,
+    check: Annotated[
+        bool, typer.Option(help="Compare onnxruntime's logits with torch's on a random batch of 2.")
+    ] = True,
+) -> None:
+    """Export PDFNet inference (normalised image + raw depth -> logits) with a dynamic batch axis."""
+    if format_ != "onnx":
+        typer.echo(f"error: unknown format {format_!r} (known: onnx)", err=True)
+        raise typer.Exit(2)
+    from pdfnet_pipeline.model.checkpoint import load_model
+    from pdfnet_pipeline.model.export import export_onnx, parity
+
+    model = load_model(checkpoint)
+    try:
+        export_onnx(model, out, size)
+    except ValueError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(
+        f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB; inputs image, depth at {size}x{size}, batch dynamic)"
+    )
+    if check:
+        typer.echo(f"onnxruntime vs torch, batch 2 at {size}: max abs logit difference {parity(out, model, size):.3g}")

@@ -8,10 +8,12 @@ loss terms; `predict` (inference) runs without the depth decoder and returns s0'
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import torch
 import torch.nn as nn
+from huggingface_hub import ModelHubMixin
 
 from pdfnet_pipeline.model.backbone import SwinEncoder, SwinSpec
 from pdfnet_pipeline.model.blocks import TILES, SDPAttention, merge_tiles, split_tiles, up
@@ -60,7 +62,25 @@ def normalize_depth(depth: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     return (depth - lo) / (hi - lo).clamp_min(eps)
 
 
-class PDFNet(nn.Module):
+_MODEL_CARD = """
+---
+{{ card_data }}
+---
+
+PDFNet (Patch-Depth Fusion, dichotomous image segmentation) weights saved by pdfnet-pipeline:
+`model.safetensors` is the project's checkpoint (its config also in the safetensors metadata),
+loaded without unpickling by `pdfnet_pipeline.model.PDFNet.from_pretrained(...)`.
+"""
+
+
+class PDFNet(
+    nn.Module,
+    ModelHubMixin,  # save_pretrained / push_to_hub; both save and load go through model/checkpoint.py
+    library_name="pdfnet-pipeline",
+    pipeline_tag="image-segmentation",
+    tags=["dichotomous-image-segmentation", "pdfnet"],
+    model_card_template=_MODEL_CARD,
+):
     def __init__(self, cfg: PDFNetConfig) -> None:
         super().__init__()
         if cfg.preset not in PRESETS:
@@ -124,6 +144,23 @@ class PDFNet(nn.Module):
         """Inference: B x 1 x H x W logits of s0 (no depth decoder; call under no_grad/eval)."""
         depth3, I, D, P = self._features(image, depth)
         return self.decoder(image, depth3, I, D, P)[0]
+
+    def _save_pretrained(self, save_directory: Path) -> None:  # called by ModelHubMixin.save_pretrained
+        from pdfnet_pipeline.model.checkpoint import save_pretrained
+
+        save_pretrained(self, save_directory)
+
+    @classmethod
+    def from_pretrained(
+        cls, source: str | Path, *, map_location: str | torch.device = "cpu", revision: str | None = None, **hub_kwargs
+    ) -> PDFNet:
+        """A `save_pretrained` folder, a Hub id or a project .safetensors file -> the model in eval mode.
+
+        Replaces the mixin's loader so every checkpoint goes through `checkpoint.load_model`.
+        """
+        from pdfnet_pipeline.model.checkpoint import load_model
+
+        return load_model(source, map_location, revision, **hub_kwargs)
 
 
 def set_materialized_attention(model: nn.Module, materialize: bool) -> None:
