@@ -1,16 +1,15 @@
 """Each benchmark runs end to end on a tiny config and prints its table: every row there, every
 figure a finite positive number. Keeps `pdfnet-pipeline bench NAME` from rotting; the figures
-themselves are the benches' business (no timing is asserted).
+themselves are the benches' business (no timing is asserted). bench metrics has its own
+smoke test in tests/test_bench_metrics.py.
 """
 
 import math
 import re
 
 import pytest
-from typer.testing import CliRunner
 
 from pdfnet_pipeline.bench import data, depth, model, train
-from pdfnet_pipeline.cli import app
 
 
 def positive(text: str) -> float:
@@ -80,16 +79,3 @@ def test_bench_train(capsys):
     (m,) = rows(capsys.readouterr().out, r"batch\s+1: (\S+) steps/s, (\S+) samples/s, peak (\S+) GiB")
     assert math.isclose(positive(m[1]), positive(m[2]), abs_tol=0.005)  # batch 1: a sample per step
     assert positive(m[3])  # the process's peak RSS, model and optimizer included
-
-
-def test_bench_metrics_through_the_cli():
-    sets = ["megapixels=[0.01]", "images=2", "workers=2"]
-    res = CliRunner().invoke(app, ["bench", "metrics", *[a for s in sets for a in ("--set", s)]])
-    assert res.exit_code == 0, res.output
-    table = rows(res.output, r"(\d+)x(\d+) (.+?)\s+(\d) +(\S+) +(\S+) +(\S+)")
-    labels = ["pysodmetrics 1.6.2 as-is", "ours, cold skeleton cache", "ours, warm skeleton cache"]
-    assert [(m[3], int(m[4])) for m in table] == [(label, p) for p in (1, 2) for label in labels]
-    for m in table:
-        assert int(m[1]) * int(m[2]) > 9000  # ~0.01 MP
-        assert all(positive(v) for v in (m[5], m[6]))  # images/s, ratio to the reference
-        assert float(m[7]) <= 1e-9  # ours against the reference's aggregates
