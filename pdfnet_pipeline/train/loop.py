@@ -195,10 +195,13 @@ class Trainer:
         loss = sum(part * w for _, part, w in window)
         # With a GradScaler, inf gradients are its business (it skips the step); without one they stop the run.
         grad_counts = 0.0 if self.scaler.is_enabled() else 1.0
-        flags = torch.stack(
-            [loss.float() / self.rt.world, (~loss.isfinite()).float(), (~gnorm.isfinite()) * grad_counts]
-        )
-        mean_loss, bad_loss, bad_grad = self.rt.all_reduce(flags.to(self.device)).tolist()  # one host read
+        flags = (
+            torch.stack([loss.float(), (~loss.isfinite()).float(), (~gnorm.isfinite()) * grad_counts, gnorm])
+            / self.rt.world
+        )  # rank means (flags: > 0 when any rank has one; DDP grads, so norms, agree)
+        # The step's one device->host read: the guard must see it before the update, the logged
+        # loss and grad norm ride along (a GPU step otherwise never waits for the host).
+        mean_loss, bad_loss, bad_grad, mean_gnorm = self.rt.all_reduce(flags.to(self.device)).tolist()
         if bad_loss or bad_grad:
             self.optimizer.zero_grad(set_to_none=True)
             raise self._non_finite("loss" if bad_loss else "gradients", window, epoch)
@@ -207,7 +210,7 @@ class Trainer:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.state.step += 1
-        return mean_loss, gnorm.item()
+        return mean_loss, mean_gnorm
 
     def _non_finite(self, what: str, window, epoch: int) -> NonFiniteError:
         ids = [i for ids, part, _ in window if not torch.isfinite(part) for i in ids]
@@ -218,10 +221,15 @@ class Trainer:
             f"{self.cfg.run_dir / 'checkpoints'} (untouched)"
         )
 
+    def epoch_windows(self, sampler: EpochSampler) -> list[Window]:
+        """This rank's optimizer steps per epoch. compile=true: the loader drops the last partial
+        micro-batch (drop_last), so the compiled step sees one shape; the plan drops it too."""
+        return accumulation_windows(sampler.per_rank(), self.cfg.batch_size, self.cfg.accum_steps, self.cfg.compile)
+
     def run_epoch(self, epoch: int, loader, sampler: EpochSampler, total_steps: int) -> bool:
         """Train one epoch from state.position; returns True when max_steps stopped it."""
         cfg, b = self.cfg, self.cfg.batch_size
-        windows = accumulation_windows(sampler.per_rank(), b, cfg.accum_steps)
+        windows = self.epoch_windows(sampler)
         acc = max(cfg.accum_steps, 1)
         sampler.set_epoch(epoch, start=self.state.position * b)
         bar = self.log.bar(len(windows), self.state.position // acc, f"epoch {epoch}", cfg.progress)
@@ -262,6 +270,7 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self, loader, epoch: int) -> dict:
+        # The eager module, never the compiled step: the last validation batch may be partial.
         self.model.eval()
         scores, saved = ValScores(self.device), 0
         for batch in loader:
@@ -348,11 +357,13 @@ def _setup(cfg: Config, rt: runtime.Runtime, model: torch.nn.Module | None) -> T
     train_model = model
     if rt.distributed:
         ids = [rt.device.index] if rt.device.type == "cuda" else None
+        # broadcast_buffers=False: PDFNet's only buffers are the Swin blocks' constant
+        # relative_position_index tables (no BatchNorm statistics); nothing to re-send each forward.
         train_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=ids, find_unused_parameters=cfg.ddp_find_unused
+            model, device_ids=ids, find_unused_parameters=cfg.ddp_find_unused, broadcast_buffers=False
         )
-    if cfg.compile:
-        train_model = torch.compile(train_model)
+    if cfg.compile:  # static shapes: one compile; the train loader drops the last partial batch
+        train_model = torch.compile(train_model, dynamic=False)
     log = RunLog(cfg.run_dir, cfg, rt.main, resumed)
     return Trainer(
         cfg,
@@ -391,7 +402,7 @@ def _train(t: Trainer) -> TrainResult:
     )
     sampler = EpochSampler(len(train_ds), shuffle=True, seed=cfg.seed, rank=rt.rank, world=rt.world)
     pin = rt.device.type == "cuda"
-    loader = make_loader(train_ds, sampler, data, cfg.batch_size, pin_memory=pin)
+    loader = make_loader(train_ds, sampler, data, cfg.batch_size, pin_memory=pin, drop_last=cfg.compile)
     val_loader = None
     if cfg.val_every and data.val_stores:
         val_ds = StoreDataset(data.val_stores, train=False, allow_incomplete=data.allow_incomplete)
@@ -402,7 +413,12 @@ def _train(t: Trainer) -> TrainResult:
             cfg.batch_size,
             pin_memory=pin,
         )
-    total_steps = cfg.epochs * len(accumulation_windows(sampler.per_rank(), cfg.batch_size, cfg.accum_steps))
+    total_steps = cfg.epochs * len(t.epoch_windows(sampler))
+    if cfg.compile and not total_steps:
+        raise UserError(
+            f"compile=true drops each epoch's last partial batch, and {sampler.per_rank()} samples per process "
+            f"are fewer than batch_size {cfg.batch_size}: nothing to train (lower batch_size or set compile=false)"
+        )
     for epoch in range(t.state.epoch, cfg.epochs):
         t0, first = time.time(), len(t.result.losses)
         if t.run_epoch(epoch, loader, sampler, total_steps):
