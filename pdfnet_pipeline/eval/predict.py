@@ -36,7 +36,8 @@ class Predictor:
     """DAM v2 + PDFNet on one device; `__call__(rgb uint8 HxWx3) -> mask uint8 HxW`.
 
     The depth input is computed as the depth stage computes it (`dam_input_size`, default the
-    paper's 518; its store side `size`), then the shared `model_inputs` conversion."""
+    paper's 518; its store side `size`), then the shared `model_inputs` conversion. `compile`:
+    DAM and PDFNet compiled for static shapes (every photo enters them at fixed square sizes)."""
 
     def __init__(
         self,
@@ -48,6 +49,7 @@ class Predictor:
         device: str = "auto",
         dam_input_size: int = 518,
         precision: str = "auto",
+        compile: bool = False,
     ) -> None:
         from pdfnet_pipeline import runtime
         from pdfnet_pipeline.depth import dam
@@ -60,6 +62,10 @@ class Predictor:
         self.dam.to(self.device)
         self.model = load_model(checkpoint, map_location=self.device).eval()
         self.random = dam_weights == "random"
+        self.depth_fn, self.predict_fn = dam.predict, self.model.predict
+        if compile:
+            self.depth_fn = torch.compile(dam.predict, dynamic=False)
+            self.predict_fn = torch.compile(self.model.predict, dynamic=False)
 
     @torch.no_grad()
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
@@ -70,12 +76,12 @@ class Predictor:
 
         chw = torch.from_numpy(np.array(rgb)).permute(2, 0, 1).to(self.device)  # np.array: writable copy
         x = dam.to_model_input(chw, self.dam_side)[None]
-        depth, finite = dam.predict(self.dam, x, self.size, self.precision.dtype)
+        depth, finite = self.depth_fn(self.dam, x, self.size, self.precision.dtype)
         if not bool(finite.all()):
             raise ValueError("DAM v2 produced non-finite depth")
         inputs = model_inputs(resize_u8(rgb, self.size)[None], depth, self.device)
         with self.precision.autocast(self.device):
-            logits = predict_logits(self.model.predict, inputs["image"], inputs["depth"], tta=self.tta)
+            logits = predict_logits(self.predict_fn, inputs["image"], inputs["depth"], tta=self.tta)
         return to_native_uint8(logits, rgb.shape[:2])[0, 0].cpu().numpy()
 
 
@@ -114,6 +120,9 @@ def predict_command(
     size: Annotated[int, typer.Option(help="Network input side (multiple of 256).")] = 1024,
     tta: Annotated[bool, typer.Option(help="Flip x 3 scales test-time augmentation.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1 ...")] = "auto",
+    compile: Annotated[
+        bool, typer.Option(help="torch.compile DAM and PDFNet (static shapes; pays off over many images).")
+    ] = False,
     strict: Annotated[bool, typer.Option(help="Exit non-zero if any image could not be read.")] = False,
 ) -> None:
     """Predict a mask and an RGBA cut-out for each image at the image's own resolution."""
@@ -124,7 +133,7 @@ def predict_command(
         typer.echo("error: no images found", err=True)
         raise typer.Exit(2)
     try:
-        predictor = Predictor(checkpoint, dam_arch, dam_weights, size, tta, device, dam_input_size)
+        predictor = Predictor(checkpoint, dam_arch, dam_weights, size, tta, device, dam_input_size, compile=compile)
     except (DamWeightsError, FileNotFoundError, ValueError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
