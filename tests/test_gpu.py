@@ -201,8 +201,8 @@ def test_channels_last_fused_adamw_resume_is_bit_exact(tmp_path):
 
 
 def test_sdpa_with_dropout_runs_a_fused_kernel_below_the_materialised_memory():
-    """The finest FSE stage at a 1024² input: its IP attention is 128² image tokens x 128² patch
-    tokens at the reference width 128. Train mode, dropout 0.1, bf16. SDPA restricted to the fused
+    """The finest FSE stage at a 1024² input: its IP attention (decoder.FSE_mix[3].IP, seen by hooks
+    on the meta device) is 128² image tokens x 128² patch tokens, at the reference width 128. Train mode, dropout 0.1, bf16. SDPA restricted to the fused
     backends raises if none of them takes this call; the materialised path holds the 16384²
     score matrix (512 MiB in bf16, more for softmax / dropout), the fused one never does."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
