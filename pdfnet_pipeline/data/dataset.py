@@ -191,13 +191,22 @@ def _worker_init(_: int) -> None:
 
 
 def make_loader(
-    dataset: StoreDataset, sampler: Sampler, cfg: DataConfig, batch_size: int, *, pin_memory: bool = False
+    dataset: StoreDataset,
+    sampler: Sampler,
+    cfg: DataConfig,
+    batch_size: int,
+    *,
+    pin_memory: bool = False,
+    drop_last: bool = False,
 ) -> DataLoader:
+    """`pin_memory` on CUDA (page-locked batches copy with non_blocking); `drop_last` when the
+    model is compiled for one static shape (training with compile=true)."""
     n = cfg.workers
     return DataLoader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
+        drop_last=drop_last,
         num_workers=n,
         multiprocessing_context=workers.context((__name__,), cfg.start_method) if n > 0 else None,
         prefetch_factor=cfg.prefetch_factor if n > 0 else None,

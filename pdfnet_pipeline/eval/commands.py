@@ -100,6 +100,9 @@ def predict(
     size: Annotated[int, typer.Option(help="Network input side (multiple of 256).")] = 1024,
     tta: Annotated[bool, typer.Option(help="Flip x 3 scales test-time augmentation.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1 ...")] = "auto",
+    compile: Annotated[
+        bool, typer.Option(help="torch.compile DAM and PDFNet (static shapes; pays off over many images).")
+    ] = False,
     strict: Annotated[bool, typer.Option(help="Exit non-zero if any image could not be read.")] = False,
 ) -> None:
     """Predict a mask and an RGBA cut-out for each image at the image's own resolution."""
@@ -112,7 +115,7 @@ def predict(
         raise typer.Exit(2)
     try:
         predictor = Predictor(
-            checkpoint, dam_arch, dam_weights, size, tta, device, dam_input_size, dam_aspect=dam_aspect
+            checkpoint, dam_arch, dam_weights, size, tta, device, dam_input_size, dam_aspect=dam_aspect, compile=compile
         )
     except (DamWeightsError, FileNotFoundError, ValueError) as err:
         typer.echo(f"error: {err}", err=True)

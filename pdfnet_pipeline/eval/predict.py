@@ -37,7 +37,8 @@ class Predictor:
 
     The depth input is computed as the depth stage computes it (`dam_input_size`, default the
     paper's 518; `dam_aspect` its aspect mode; its store side `size`), then the shared
-    `model_inputs` conversion."""
+    `model_inputs` conversion. `compile`: DAM and PDFNet compiled for static shapes (square
+    inputs: every photo enters them at fixed sizes)."""
 
     def __init__(
         self,
@@ -50,6 +51,7 @@ class Predictor:
         dam_input_size: int = 518,
         precision: str = "auto",
         dam_aspect: str = "square",
+        compile: bool = False,
     ) -> None:
         from pdfnet_pipeline import runtime
         from pdfnet_pipeline.depth import dam
@@ -64,6 +66,10 @@ class Predictor:
         self.dam.to(self.device)
         self.model = load_model(checkpoint, map_location=self.device).eval()
         self.random = dam_weights == "random"
+        self.depth_fn, self.predict_fn = dam.predict, self.model.predict
+        if compile:
+            self.depth_fn = torch.compile(dam.predict, dynamic=False)
+            self.predict_fn = torch.compile(self.model.predict, dynamic=False)
 
     @torch.no_grad()
     def depth(self, rgb: np.ndarray) -> torch.Tensor:
@@ -76,7 +82,7 @@ class Predictor:
         if self.dam_aspect == "keep":
             depth, finite = dam.predict_keep(self.dam, x, [(h, w)], self.size, self.precision.dtype)
         else:
-            depth, finite = dam.predict(self.dam, x, self.size, self.precision.dtype)
+            depth, finite = self.depth_fn(self.dam, x, self.size, self.precision.dtype)
         if not bool(finite.all()):
             raise ValueError("DAM v2 produced non-finite depth")
         return depth
@@ -89,7 +95,7 @@ class Predictor:
 
         inputs = model_inputs(resize_u8(rgb, self.size)[None], self.depth(rgb), self.device)
         with self.precision.autocast(self.device):
-            logits = predict_logits(self.model.predict, inputs["image"], inputs["depth"], tta=self.tta)
+            logits = predict_logits(self.predict_fn, inputs["image"], inputs["depth"], tta=self.tta)
         return to_native_uint8(logits, rgb.shape[:2])[0, 0].cpu().numpy()
 
 

@@ -253,13 +253,20 @@ class Trainer:
         # With a GradScaler, inf gradients are its business (it skips the step); without one they stop the run.
         grad_counts = 0.0 if self.scaler.is_enabled() else 1.0
         # One reduction per step carries all the ranks must agree on: mean loss, NaN/inf flags, the
-        # stop flag (pre-emption) and the samples skipped / trained on in this window.
+        # grad norm (DDP grads agree, so the rank mean is the norm), the stop flag (pre-emption) and
+        # the samples skipped / trained on in this window. It is the step's one device->host read:
+        # the guard must see it before the update; the logged values ride along.
         local = torch.stack(
-            [loss.float() / self.rt.world, (~loss.isfinite()).float(), (~gnorm.isfinite()) * grad_counts]
+            [
+                loss.float() / self.rt.world,
+                (~loss.isfinite()).float(),
+                (~gnorm.isfinite()) * grad_counts,
+                gnorm.float() / self.rt.world,
+            ]
         )
         extra = torch.tensor([float(self.stop.requested), float(self.skipped_now), float(self.kept_now)])
         reduced = self.rt.all_reduce(torch.cat([local.to(self.device), extra.to(self.device)]))
-        mean_loss, bad_loss, bad_grad, stop, skipped, kept = reduced.tolist()  # one host read
+        mean_loss, bad_loss, bad_grad, mean_gnorm, stop, skipped, kept = reduced.tolist()
         self.stopping, self.step_skipped = self.stopping or stop > 0, int(skipped)
         self.skipped_now = self.kept_now = 0
         self.state.extra["skipped"] = self.state.extra.get("skipped", 0) + int(skipped)  # this epoch, every rank
@@ -272,7 +279,7 @@ class Trainer:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.state.step += 1
-        return mean_loss, gnorm.item()
+        return mean_loss, mean_gnorm
 
     def _non_finite(self, what: str, window, epoch: int) -> NonFiniteError:
         ids = [i for ids, part, _ in window if not torch.isfinite(part) for i in ids]
@@ -283,10 +290,15 @@ class Trainer:
             f"{self.cfg.run_dir / 'checkpoints'} (untouched)"
         )
 
+    def epoch_windows(self, sampler: EpochSampler) -> list[Window]:
+        """This rank's optimizer steps per epoch. compile=true: the loader drops the last partial
+        micro-batch (drop_last), so the compiled step sees one shape; the plan drops it too."""
+        return accumulation_windows(sampler.per_rank(), self.cfg.batch_size, self.cfg.accum_steps, self.cfg.compile)
+
     def run_epoch(self, epoch: int, loader, sampler: EpochSampler, total_steps: int) -> bool:
         """Train one epoch from state.position; returns True when max_steps stopped it."""
         cfg, b = self.cfg, self.cfg.batch_size
-        windows = accumulation_windows(sampler.per_rank(), b, cfg.accum_steps)
+        windows = self.epoch_windows(sampler)
         acc = max(cfg.accum_steps, 1)
         sampler.set_epoch(epoch, start=self.state.position * b)
         bar = self.log.bar(len(windows), self.state.position // acc, f"epoch {epoch}", cfg.progress)
@@ -332,6 +344,7 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self, loader, epoch: int) -> dict:
+        # The eager module, never the compiled step: the last validation batch may be partial.
         self.model.eval()
         scores, saved, skipped = ValScores(self.device), 0, 0
         for batch in loader:
@@ -427,11 +440,13 @@ def _setup(cfg: Config, rt: runtime.Runtime, model: torch.nn.Module | None) -> T
     train_model = model
     if rt.distributed:
         ids = [rt.device.index] if rt.device.type == "cuda" else None
+        # broadcast_buffers=False: PDFNet's only buffers are the Swin blocks' constant
+        # relative_position_index tables (no BatchNorm statistics); nothing to re-send each forward.
         train_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=ids, find_unused_parameters=cfg.ddp_find_unused
+            model, device_ids=ids, find_unused_parameters=cfg.ddp_find_unused, broadcast_buffers=False
         )
-    if cfg.compile:
-        train_model = torch.compile(train_model)
+    if cfg.compile:  # static shapes: one compile; the train loader drops the last partial batch
+        train_model = torch.compile(train_model, dynamic=False)
     log = RunLog(cfg.run_dir, cfg, rt.main, resumed)
     return Trainer(
         cfg,
@@ -474,7 +489,7 @@ def _train(t: Trainer) -> TrainResult:
     )
     sampler = EpochSampler(len(train_ds), shuffle=True, seed=cfg.seed, rank=rt.rank, world=rt.world)
     pin = rt.device.type == "cuda"
-    loader = make_loader(train_ds, sampler, data, cfg.batch_size, pin_memory=pin)
+    loader = make_loader(train_ds, sampler, data, cfg.batch_size, pin_memory=pin, drop_last=cfg.compile)
     val_loader = None
     if cfg.val_every and data.val_stores:
         val_ds = StoreDataset(
@@ -487,7 +502,12 @@ def _train(t: Trainer) -> TrainResult:
             cfg.batch_size,
             pin_memory=pin,
         )
-    total_steps = cfg.epochs * len(accumulation_windows(sampler.per_rank(), cfg.batch_size, cfg.accum_steps))
+    total_steps = cfg.epochs * len(t.epoch_windows(sampler))
+    if cfg.compile and not total_steps:
+        raise UserError(
+            f"compile=true drops each epoch's last partial batch, and {sampler.per_rank()} samples per process "
+            f"are fewer than batch_size {cfg.batch_size}: nothing to train (lower batch_size or set compile=false)"
+        )
     for epoch in range(t.state.epoch, cfg.epochs):
         t0 = time.time()
         if t.run_epoch(epoch, loader, sampler, total_steps):

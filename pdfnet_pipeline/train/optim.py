@@ -76,9 +76,14 @@ class Window:
         return micro_samples / self.samples
 
 
-def accumulation_windows(samples: int, batch_size: int, accum_steps: int) -> list[Window]:
+def accumulation_windows(samples: int, batch_size: int, accum_steps: int, drop_last: bool = False) -> list[Window]:
     """An epoch of `samples` (per rank) in micro-batches of `batch_size`, grouped `accum_steps` to
-    an optimizer step; the last micro-batch and the last window may be shorter (pure, like lr_at)."""
+    an optimizer step; the last micro-batch and the last window may be shorter (pure, like lr_at).
+
+    `drop_last` (the loader's, under torch.compile): the last partial micro-batch is not loaded, so
+    every micro-batch has one shape; the last window may still hold fewer micro-batches."""
+    if drop_last:
+        samples -= samples % batch_size
     micro = math.ceil(samples / batch_size)
     acc = max(accum_steps, 1)
     windows = []
