@@ -12,6 +12,7 @@ from pdfnet_pipeline.model.pdfnet import (
     build_pdfnet,
     normalize_depth,
     parameter_counts,
+    set_grad_checkpoint,
     set_materialized_attention,
 )
 
@@ -23,5 +24,6 @@ __all__ = [
     "build_pdfnet",
     "normalize_depth",
     "parameter_counts",
+    "set_grad_checkpoint",
     "set_materialized_attention",
 ]
