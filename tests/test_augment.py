@@ -160,3 +160,21 @@ def test_normalize_image_matches_imagenet_formula():
     exp = (np.array([[124, 116, 104], [0, 255, 10]]) / 255 - np.array(A.IMAGENET_MEAN)) / np.array(A.IMAGENET_STD)
     np.testing.assert_allclose(out[0, :, 0, :].T.numpy(), exp, atol=1e-5)
     assert abs(out[0, 0, 0, 0].item() - (124 / 255 - 0.485) / 0.229) < 1e-5
+
+
+def test_normalize_image_constants_cached_per_device_and_values_unchanged():
+    """mean/std are built once per device (no host->device copy per batch) and the result equals,
+    bit for bit, the per-call construction it replaced."""
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (2, 5, 7, 3), dtype=torch.uint8)
+    xf = x.permute(0, 3, 1, 2).float()
+    m = torch.tensor(A.IMAGENET_MEAN).view(1, 3, 1, 1) * 255.0
+    s = torch.tensor(A.IMAGENET_STD).view(1, 3, 1, 1) * 255.0
+    assert torch.equal(A.normalize_image(x), (xf - m) / s)
+    cpu = torch.device("cpu")
+    first = A._scaled_mean_std(A.IMAGENET_MEAN, A.IMAGENET_STD, cpu)
+    A.normalize_image(x)
+    assert A._scaled_mean_std(A.IMAGENET_MEAN, A.IMAGENET_STD, cpu) is first
+    # other constants (given as lists) are their own entry
+    out = A.normalize_image(x, mean=[0.5, 0.5, 0.5], std=[0.5, 0.5, 0.5])
+    assert torch.equal(out, (xf - 127.5) / 127.5)

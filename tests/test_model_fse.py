@@ -84,3 +84,70 @@ def test_tile_order_is_row_major_and_tile_major():
     tile, sample = 8 * 2 + 5, 1
     torch.testing.assert_close(t[tile * 2 + sample, 0], x[sample, 0, 4:6, 10:12])
     torch.testing.assert_close(merge_tiles(t, 2), x)
+
+
+def _smooth_logits(h, seed=0):
+    """A smooth logit field in about [-8, 8], like a side output."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.randn(1, 1, h // 8, h // 8, generator=g) * 6
+    return torch.nn.functional.interpolate(coarse, size=(h, h), mode="bilinear", align_corners=True)
+
+
+def test_fse_separates_bf16_logits_in_float32(monkeypatch):
+    """Under bf16 autocast the side output reaching the FSE is bf16; BIS must still run in float32.
+
+    Reference: the float32 integrity map of the unrounded logits. Inside the FSE the map now
+    differs from it only through the bf16 rounding of the logits themselves (measured 0.0027 max
+    at 128²; tolerance 5e-3), where BIS computed in bf16 is off by 0.04 (the issue-14 figure).
+    """
+    from pdfnet_pipeline.model import fse as fse_mod
+    from pdfnet_pipeline.model.fse import FSE
+
+    seen = []
+
+    def recording(pred, variant="paper"):
+        seen.append(pred.dtype)
+        out = boundary_integrity(pred, variant)
+        seen.append(out)
+        return out
+
+    monkeypatch.setattr(fse_mod, "boundary_integrity", recording)
+    logits = _smooth_logits(128)
+    _, s_ref = boundary_integrity(logits, "paper")
+    torch.manual_seed(0)
+    fse = FSE(16, 8, 2).eval()
+    img, dep, patch = torch.randn(1, 16, 128, 128), torch.randn(1, 16, 128, 128), torch.randn(1, 16, 256, 256)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = fse(img, dep, patch, logits.bfloat16())
+    assert all(torch.isfinite(o).all() for o in out)
+    dtype, (_, s_fse) = seen
+    assert dtype == torch.float32 and s_fse.dtype == torch.float32
+    assert (s_fse - s_ref).abs().max().item() < 5e-3
+    # what the FSE computed before: BIS on the bf16 logits, far outside that tolerance
+    _, s_bf16 = boundary_integrity(logits.bfloat16(), "paper")
+    assert (s_bf16.float() - s_ref).abs().max().item() > 0.02
+
+
+def test_fse_float32_path_unchanged_by_the_cast():
+    """In float32 the entry cast is a no-op: the FSE equals the spec's steps written out, bit for bit."""
+    from pdfnet_pipeline.model.blocks import tokens, untokens, up_like
+    from pdfnet_pipeline.model.fse import FSE
+
+    torch.manual_seed(0)
+    fse = FSE(16, 8, 1).eval()  # pool ratio 1: pooled tokens are the tokens
+    img, dep, patch = torch.randn(1, 16, 8, 8), torch.randn(1, 16, 8, 8), torch.randn(1, 16, 16, 16)
+    pred = _smooth_logits(16)
+    with torch.no_grad():
+        got = fse(img, dep, patch, pred)
+        b, s = boundary_integrity(pred)
+        g = pred.sigmoid()
+        i, d, p = img * up_like(g, img), dep * up_like(g, dep), patch * up_like(g, patch)
+        ic = fse.I_channelswich(i)
+        dc = fse.D_channelswich(d * (up_like(pred, d).sigmoid() + up_like(s, d)))
+        pc = fse.P_channelswich(select_patches(p, patch_weights(b)))
+        p_att = fse.PI(tokens(pc), torch.cat([tokens(ic), tokens(dc)], 1))
+        d_att = fse.DI(tokens(dc), torch.cat([tokens(ic), tokens(pc)], 1))
+        i_att = fse.ID(fse.IP(tokens(ic), p_att), d_att)
+        want = (untokens(i_att, 8, 8) + ic, untokens(d_att, 8, 8) + dc, untokens(p_att, 16, 16) + pc)
+    for a, w in zip(got, want):
+        assert torch.equal(a, w)

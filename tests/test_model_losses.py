@@ -159,3 +159,42 @@ def test_side_outputs_are_resized_bilinear_without_align_corners():
     up = torch.nn.functional.interpolate(small, size=(8, 8), mode="bilinear", align_corners=False)
     terms = pdfnet_losses([up] + [small] * 5, [], mask, torch.rand(1, 1, 8, 8))
     assert terms["structure"].item() == pytest.approx(3.5 * structure_loss(up, mask).item(), rel=1e-5)
+
+
+def test_loss_constants_are_made_once_per_device_and_dtype_with_unchanged_values():
+    """The SSIM window and Sobel kernels are cached (no host->device copy per call) and equal,
+    bit for bit, what each call used to build: the window in float32 from Python's exp, the
+    Sobel x kernel and its transpose."""
+    from pdfnet_pipeline.model import losses
+
+    g = torch.tensor([math.exp(-((x - 5) ** 2) / (2 * 1.5**2)) for x in range(11)], dtype=torch.float32)
+    g = g / g.sum()
+    before = (g[:, None] @ g[None, :])[None, None]
+    win = losses.gaussian_window(11, 1.5, torch.device("cpu"), torch.float32)
+    assert torch.equal(win, before)
+    assert losses.gaussian_window(11, 1.5, torch.device("cpu"), torch.float32) is win
+    assert losses.gaussian_window(11, 1.5, None) is win  # None means the CPU
+    as64 = losses.gaussian_window(11, 1.5, torch.device("cpu"), torch.float64)
+    assert as64.dtype == torch.float64 and torch.equal(as64, before.double())
+    assert losses.gaussian_window(11, 1.5, torch.device("meta")).device.type == "meta"
+
+    kx, ky = losses._sobel_kernels(torch.device("cpu"), torch.float32)
+    assert losses._sobel_kernels(torch.device("cpu"), torch.float32)[0] is kx
+    assert kx.tolist() == [[[[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]]]
+    assert torch.equal(ky, kx.transpose(-1, -2))
+    # a ramp d = column index: Gx = 8 inside (weights 1 + 2 + 1 times a step of 2), Gy = 0
+    ramp = torch.arange(5.0).expand(1, 1, 5, 5)
+    gx, gy = losses.sobel(ramp)
+    assert gx[0, 0, 1:-1, 1:-1].unique().tolist() == [8.0] and gy[0, 0, 1:-1, 1:-1].unique().tolist() == [0.0]
+
+    # SSIM with the cached window equals a conv with a freshly built one
+    torch.manual_seed(0)
+    x, y = torch.rand(1, 1, 24, 24), torch.rand(1, 1, 24, 24)
+    mu = torch.nn.functional.conv2d(x, before, padding=5)
+    s11 = torch.nn.functional.conv2d(x * x, before, padding=5) - mu * mu
+    mu2 = torch.nn.functional.conv2d(y, before, padding=5)
+    s22 = torch.nn.functional.conv2d(y * y, before, padding=5) - mu2 * mu2
+    s12 = torch.nn.functional.conv2d(x * y, before, padding=5) - mu * mu2
+    c1, c2 = 0.01**2, 0.03**2
+    want = ((2 * mu * mu2 + c1) * (2 * s12 + c2)) / ((mu * mu + mu2 * mu2 + c1) * (s11 + s22 + c2))
+    assert torch.equal(losses.ssim_map(x, y), want)

@@ -15,6 +15,7 @@ each transform and the dataset can draw them from a per-sample seeded generator.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -154,11 +155,21 @@ def normalize_image(image_u8, mean=IMAGENET_MEAN, std=IMAGENET_STD):
 
     The permute makes a channels-last tensor without a copy; arithmetic keeps that layout.
     """
+    x = image_u8.permute(0, 3, 1, 2).float()
+    m, s = _scaled_mean_std(tuple(mean), tuple(std), x.device)
+    return (x - m) / s
+
+
+@functools.cache
+def _scaled_mean_std(mean: tuple[float, ...], std: tuple[float, ...], device):
+    """mean * 255 and std * 255 as 1 x 3 x 1 x 1 float32 tensors, made once per device.
+
+    Cached so that a CUDA step does not make two blocking host-to-device copies per batch. The
+    cache is process-wide and its tensors are shared: never modify them in place.
+    """
     import torch
 
-    x = image_u8.permute(0, 3, 1, 2).float()
-    # Built on the CPU and sent without blocking: torch.tensor(..., device=cuda) is a blocking copy
-    # that waits for the GPU's queue, twice per micro-step. Same float32 values either way.
-    m = (torch.tensor(mean).view(1, 3, 1, 1) * 255.0).to(x.device, non_blocking=True)
-    s = (torch.tensor(std).view(1, 3, 1, 1) * 255.0).to(x.device, non_blocking=True)
-    return (x - m) / s
+    return (
+        (torch.tensor(mean).view(1, 3, 1, 1) * 255.0).to(device),
+        (torch.tensor(std).view(1, 3, 1, 1) * 255.0).to(device),
+    )

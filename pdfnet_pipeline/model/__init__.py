@@ -18,6 +18,7 @@ if TYPE_CHECKING:
         build_pdfnet,
         normalize_depth,
         parameter_counts,
+        set_grad_checkpoint,
         set_materialized_attention,
     )
 
@@ -29,6 +30,7 @@ __all__ = [
     "build_pdfnet",
     "normalize_depth",
     "parameter_counts",
+    "set_grad_checkpoint",
     "set_materialized_attention",
 ]
 

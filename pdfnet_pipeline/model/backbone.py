@@ -26,6 +26,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.models.swin_transformer import SwinTransformerBlock, checkpoint_filter_fn, window_partition, window_reverse
 
+from pdfnet_pipeline.model.blocks import checkpointed
+
 
 @dataclass(frozen=True)
 class SwinSpec:
@@ -75,7 +77,12 @@ class PadThenShiftBlock(SwinTransformerBlock):
 
 
 class SwinEncoder(nn.Module):
-    """Four feature maps (strides 4/8/16/32, NCHW) from timm Swin + the reference's additions."""
+    """Four feature maps (strides 4/8/16/32, NCHW) from timm Swin + the reference's additions.
+
+    `grad_checkpoint`: keep only each Swin block's input and rerun the block in backward.
+    """
+
+    grad_checkpoint = False
 
     def __init__(self, spec: SwinSpec, drop_path: float = 0.0, fused_window_attn: bool = False) -> None:
         super().__init__()
@@ -106,11 +113,23 @@ class SwinEncoder(nn.Module):
         x = self.swin.patch_embed(x)  # B H W C
         ape = F.interpolate(self.absolute_pos_embed, size=x.shape[1:3], mode="bicubic")
         x = x + ape.permute(0, 2, 3, 1)
+        # The permuted B H W C map *is* a channels-last B C H W tensor: a channels-last model
+        # (CUDA training) takes it as is; the default NCHW model gets the copy it always had.
+        keep_channels_last = self.swin.patch_embed.proj.weight.is_contiguous(memory_format=torch.channels_last)
         outs = []
         for stage, norm in zip(self.swin.layers, self.norms):
-            x = stage(x)
-            outs.append(norm(x).permute(0, 3, 1, 2).contiguous())
+            x = self._stage(stage, x)
+            out = norm(x).permute(0, 3, 1, 2)
+            outs.append(out if keep_channels_last else out.contiguous())
         return outs
+
+    def _stage(self, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if not (self.grad_checkpoint and torch.is_grad_enabled()):
+            return stage(x)
+        x = stage.downsample(x)  # what timm's stage does, with one checkpoint per block
+        for block in stage.blocks:
+            x = checkpointed(True, block, x)
+        return x
 
     def load_imagenet(self, weights: str) -> None:
         """Load ImageNet Swin weights: a local .pth/.safetensors file or a timm hub name.

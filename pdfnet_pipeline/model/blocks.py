@@ -6,11 +6,26 @@ Parameter names follow the reference layout (Sequential indices in `crs`, nn.Mul
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 TILES = 8  # the patch pass cuts the image into TILES x TILES tiles
+
+
+def checkpointed(enabled: bool, fn: Callable[..., torch.Tensor], *args: torch.Tensor):
+    """`fn(*args)`, under activation checkpointing when `enabled` and autograd is recording.
+
+    Only the inputs are kept; the backward pass reruns `fn`. Non-reentrant checkpointing restores
+    the RNG state for the rerun, so dropout and drop-path draw the same masks: loss and gradients
+    equal the plain pass (tests/test_model_checkpointing.py). Under no_grad it is a plain call.
+    """
+    if enabled and torch.is_grad_enabled():
+        return checkpoint(fn, *args, use_reentrant=False)
+    return fn(*args)
 
 
 def up(x: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:

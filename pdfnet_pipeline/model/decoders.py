@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from pdfnet_pipeline.model.blocks import crs, init_conv_weights, up, up_like
+from pdfnet_pipeline.model.blocks import checkpointed, crs, init_conv_weights, up, up_like
 from pdfnet_pipeline.model.fse import FSE
 
 Features = list[torch.Tensor]
@@ -43,7 +43,13 @@ class EncodeAdapters(nn.Module):
 
 
 class SegmentationDecoder(nn.Module):
-    """Six side outputs (logits) [s0..s5] at H, H/4, H/8, H/16, H/32, H/32 from I, D, P features."""
+    """Six side outputs (logits) [s0..s5] at H, H/4, H/8, H/16, H/32, H/32 from I, D, P features.
+
+    `grad_checkpoint`: each FSE stage, each level's mix + side output and the three head blocks
+    run under activation checkpointing (inputs kept, rerun in backward).
+    """
+
+    grad_checkpoint = False
 
     def __init__(self, emb: int, variant: str = "paper", patch_grad: bool = False) -> None:
         super().__init__()
@@ -57,7 +63,7 @@ class SegmentationDecoder(nn.Module):
         init_conv_weights(self)
 
     def forward(self, image: torch.Tensor, depth3: torch.Tensor, I: Features, D: Features, P: Features):
-        h, w = image.shape[-2:]
+        ck = self.grad_checkpoint
         pg = P[4]
         side = self.Bside[5](up_like(I[4], pg) + up_like(D[4], pg) + pg)
         sides = [side]
@@ -66,24 +72,39 @@ class SegmentationDecoder(nn.Module):
         for stage, level in enumerate((3, 2, 1, 0)):
             feats = (I[level], D[level], P[level])
             cat = [torch.cat([up_like(p, f), f], dim=1) for p, f in zip(prev, feats)]
-            prev = self.FSE_mix[stage](*cat, side)
-            i_, d_, p_ = prev
-            mix = self.channel_mix[level](torch.cat([up_like(i_, p_), up_like(d_, p_), p_], dim=1))
-            side = self.Bside[level + 1](mix)
+            prev = checkpointed(ck, self.FSE_mix[stage], *cat, side)
+            mix, side = checkpointed(ck, self._level_out, level, *prev)
             sides.append(side)
-        shallow = self.shallow(up(torch.cat([image, depth3], dim=1), (4 * h, 4 * w)))
-        size2 = (mix.shape[-2] * 2, mix.shape[-1] * 2)
-        f = self.upsample1(up(mix, size2) + up(shallow, size2))
-        f = self.upsample2(_up2(f) + shallow)
-        sides.append(self.Bside[0](f))
+        shallow = checkpointed(ck, self._shallow, image, depth3)
+        f = checkpointed(ck, self._head1, mix, shallow)
+        sides.append(checkpointed(ck, self._head2, f, shallow))
         return sides[::-1]  # s0 first
+
+    def _level_out(self, level: int, i_: torch.Tensor, d_: torch.Tensor, p_: torch.Tensor):
+        """mix_k = channel_mix(cat(up(I'), up(D'), P')) and its side output s_k."""
+        mix = self.channel_mix[level](torch.cat([up_like(i_, p_), up_like(d_, p_), p_], dim=1))
+        return mix, self.Bside[level + 1](mix)
+
+    def _shallow(self, image: torch.Tensor, depth3: torch.Tensor) -> torch.Tensor:
+        h, w = image.shape[-2:]
+        return self.shallow(up(torch.cat([image, depth3], dim=1), (4 * h, 4 * w)))
+
+    def _head1(self, mix: torch.Tensor, shallow: torch.Tensor) -> torch.Tensor:
+        size2 = (mix.shape[-2] * 2, mix.shape[-1] * 2)
+        return self.upsample1(up(mix, size2) + up(shallow, size2))
+
+    def _head2(self, f: torch.Tensor, shallow: torch.Tensor) -> torch.Tensor:
+        return self.Bside[0](self.upsample2(_up2(f) + shallow))
 
 
 class DepthDecoder(nn.Module):
     """Depth refinement (training only): five depth logits at H/2, H/8, H/16, H/32, H/64.
 
     Per-level inputs: paper `I + D + up(P)` (emb channels), v2 `cat(I, D, up(P))` (3 emb).
+    `grad_checkpoint`: each decoder block and the head run under activation checkpointing.
     """
+
+    grad_checkpoint = False
 
     def __init__(self, emb: int, variant: str = "paper") -> None:
         super().__init__()
@@ -104,15 +125,22 @@ class DepthDecoder(nn.Module):
         return [torch.cat([i, d, up_like(p, i)], dim=1) for i, d, p in zip(I, D, P)]
 
     def forward(self, image: torch.Tensor, depth3: torch.Tensor, I: Features, D: Features, P: Features):
+        ck = self.grad_checkpoint
         feats = self.fuse(I, D, P)
-        de = [self.Decoder[0](torch.cat([feats[4], feats[3]], dim=1))]
+        de = [checkpointed(ck, self._block, 0, feats[4], feats[3])]
         for stage, level in enumerate((2, 1, 0), start=1):
-            f = feats[level]
-            de.append(self.Decoder[stage](torch.cat([up_like(de[-1], f), f], dim=1)))
-        de1 = de[-1]
+            de.append(checkpointed(ck, self._block, stage, de[-1], feats[level]))
+        final = checkpointed(ck, self._head, image, depth3, de[-1])
+        # de = [De4, De3, De2, De1] -> outputs [final, De1, De2, De3, De4]
+        return [final] + [self.Bside[k](de[4 - k]) for k in range(1, 5)]
+
+    def _block(self, stage: int, prev: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        """Decoder[stage](cat(up(prev), f)); stage 0 takes (G, L4) at the same size."""
+        return self.Decoder[stage](torch.cat([up_like(prev, f), f], dim=1))
+
+    def _head(self, image: torch.Tensor, depth3: torch.Tensor, de1: torch.Tensor) -> torch.Tensor:
         shallow = self.shallow(image if self.variant == "paper" else torch.cat([image, depth3], dim=1))
         f = de1 + up_like(shallow, de1)
         f = self.upsample1(_up2(f))
         f = self.upsample2(_up2(f + up_like(shallow, f)))
-        # de = [De4, De3, De2, De1] -> outputs [final, De1, De2, De3, De4]
-        return [self.Bside[0](f)] + [self.Bside[k](de[4 - k]) for k in range(1, 5)]
+        return self.Bside[0](f)

@@ -83,18 +83,26 @@ class FSE(nn.Module):
         self.DI = CoA(emb, variant)
 
     def forward(self, img: torch.Tensor, depth: torch.Tensor, patch: torch.Tensor, pred: torch.Tensor):
+        # BIS in float32: under bf16 autocast the logits arrive in bf16, where sigmoid(sigmoid(p))
+        # lies in [0.5, 0.73] with steps of 2^-8 and B = 2|q - avg q| (x5 in S) is mostly rounding
+        # error. The maps are cast back to the features' dtype where they scale them (a no-op in
+        # float32, so the float32 path is unchanged).
+        pred = pred.float()
         boundary, integrity = boundary_integrity(pred, self.variant)
         gate = pred.sigmoid()
-        img, depth, patch = img * up_like(gate, img), depth * up_like(gate, depth), patch * up_like(gate, patch)
+        img = img * up_like(gate, img).to(img.dtype)
+        depth = depth * up_like(gate, depth).to(depth.dtype)
+        patch = patch * up_like(gate, patch).to(patch.dtype)
         r = self.pool_ratio
 
         img_cs = self.I_channelswich(img)
         img_tok, img_pool = tokens(img_cs), _pool_tokens(img_cs, r)
 
-        depth_cs = self.D_channelswich(depth * (up_like(pred, depth).sigmoid() + up_like(integrity, depth)))
+        depth_gate = up_like(pred, depth).sigmoid() + up_like(integrity, depth)
+        depth_cs = self.D_channelswich(depth * depth_gate.to(depth.dtype))
         depth_pool = _pool_tokens(depth_cs, r)
 
-        selected = select_patches(patch, patch_weights(boundary, self.variant))
+        selected = select_patches(patch, patch_weights(boundary, self.variant).to(patch.dtype))
         if not self.patch_grad:
             selected = selected.detach()
         patch_cs = self.P_channelswich(selected)

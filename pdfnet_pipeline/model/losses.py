@@ -6,6 +6,7 @@ combines them with deep supervision into the named terms the trainer logs.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -28,6 +29,14 @@ def structure_loss(logits: torch.Tensor, mask: torch.Tensor, iou_smooth: float =
 
 
 def gaussian_window(size: int = 11, sigma: float = 1.5, device=None, dtype=torch.float32) -> torch.Tensor:
+    """1 x 1 x size x size Gaussian window (sums to 1), shared: never modify it in place."""
+    return _gaussian_window(size, sigma, torch.device(device or "cpu"), dtype)
+
+
+# Constants are made once per (device, dtype), not copied host -> device at every loss call (a
+# blocking copy on CUDA). Process-wide caches of tensors nobody modifies.
+@functools.cache
+def _gaussian_window(size: int, sigma: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     # float32 like the reference, so the window matches it to the last bit
     g = torch.tensor([math.exp(-((x - size // 2) ** 2) / (2 * sigma**2)) for x in range(size)], dtype=torch.float32)
     g = g / g.sum()
@@ -67,9 +76,14 @@ _SOBEL_X = ((-1.0, 0.0, 1.0), (-2.0, 0.0, 2.0), (-1.0, 0.0, 1.0))
 
 def sobel(d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """3x3 Sobel gradients (x, y) of B x 1 x H x W with zero padding (cross-correlation, as conv2d)."""
-    kx = torch.tensor(_SOBEL_X, device=d.device, dtype=d.dtype)[None, None]
-    ky = kx.transpose(-1, -2)
+    kx, ky = _sobel_kernels(d.device, d.dtype)
     return F.conv2d(d, kx, padding=1), F.conv2d(d, ky, padding=1)
+
+
+@functools.cache
+def _sobel_kernels(device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    kx = torch.tensor(_SOBEL_X, device=device, dtype=dtype)[None, None]
+    return kx, kx.transpose(-1, -2)
 
 
 def integrity_prior_loss(

@@ -41,6 +41,9 @@ class PDFNetConfig:
     patch_grad: bool = False  # reference: no gradient through the patch pass and patch selection
     fused_window_attn: bool = False  # timm SDPA inside Swin windows: faster, ~1e-6 off the reference
     materialize_attention: bool = False  # CoA via explicit softmax(QK^T)V instead of SDPA (benchmark)
+    # Activation checkpointing of the Swin blocks, FSE stages and decoder blocks while training:
+    # less memory for one more forward of those parts; same loss and gradients, same weights.
+    grad_checkpoint: bool = False
 
 
 @dataclass
@@ -94,6 +97,7 @@ class PDFNet(
         self.decoder = SegmentationDecoder(emb, cfg.variant, cfg.patch_grad)
         self.depth_decoder = DepthDecoder(emb, cfg.variant)
         set_materialized_attention(self, cfg.materialize_attention)
+        set_grad_checkpoint(self, cfg.grad_checkpoint)
 
     def encode(self, x: torch.Tensor) -> Features:
         """encode(): backbone + adapters -> (L1, L2, L3, L4, G)."""
@@ -168,6 +172,12 @@ def set_materialized_attention(model: nn.Module, materialize: bool) -> None:
     for m in model.modules():
         if isinstance(m, SDPAttention):
             m.materialize = materialize
+
+
+def set_grad_checkpoint(model: PDFNet, enabled: bool) -> None:
+    """Switch activation checkpointing of the encoder and both decoders on or off."""
+    for part in (model.encoder, model.decoder, model.depth_decoder):
+        part.grad_checkpoint = enabled
 
 
 def build_pdfnet(cfg: PDFNetConfig | None = None) -> PDFNet:

@@ -34,7 +34,9 @@ from pdfnet_pipeline.model.checkpoint import CheckpointError  # one error type f
 
 STATE_VERSION = 1
 # Model-config keys that do not change the architecture (the weights fit either way).
-NON_ARCH_KEYS = frozenset({"backbone_weights", "drop_path", "patch_grad", "fused_window_attn", "materialize_attention"})
+NON_ARCH_KEYS = frozenset(
+    {"backbone_weights", "drop_path", "patch_grad", "fused_window_attn", "materialize_attention", "grad_checkpoint"}
+)
 
 
 class RunDirInUseError(UserError, FileExistsError):
