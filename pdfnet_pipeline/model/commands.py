@@ -65,9 +65,7 @@ def export(
     size: Annotated[
         int, typer.Option(help="Input height = width (a multiple of 256); the batch stays dynamic.")
     ] = 1024,
-    check: Annotated[
-        bool, typer.Option(help="Compare onnxruntime's logits with torch's on a random batch of 2.")
-    ] = True,
+    check: Annotated[bool, typer.Option(help="Compare onnxruntime's logits with torch's on one random sample.")] = True,
 ) -> None:
     """Export PDFNet inference (normalised image + raw depth -> logits) with a dynamic batch axis."""
     if format_ != "onnx":
@@ -86,4 +84,6 @@ def export(
         f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB; inputs image, depth at {size}x{size}, batch dynamic)"
     )
     if check:
-        typer.echo(f"onnxruntime vs torch, batch 2 at {size}: max abs logit difference {parity(out, model, size):.3g}")
+        # one sample: the reference preset at 1024 peaks at 5.8 GiB so; a batch of 2 passed 12.9 GiB
+        diff = parity(out, model, size, batch=1)
+        typer.echo(f"onnxruntime vs torch, one sample at {size}: max abs logit difference {diff:.3g}")
