@@ -44,6 +44,7 @@ BENCHES = {
     "data": "pdfnet_pipeline.bench.data",
     "train": "pdfnet_pipeline.bench.train",
     "metrics": "pdfnet_pipeline.bench.metrics",
+    "gpu": "pdfnet_pipeline.bench.gpu",
 }
 
 
