@@ -122,6 +122,8 @@ def _predict_split(model, ds, out_dir: Path, cfg: Config, device, prec: runtime.
     st = ds.stores[0]
     orig = st.orig_sizes
     out_dir.mkdir(parents=True, exist_ok=True)
+    # Workers hand undecodable samples back flagged; on_error is decided here, in the main process.
+    ds.flag_unreadable = True
     predict = predict or model.predict
     size = batch_size(cfg, device)
     loader = make_loader(
@@ -170,7 +172,7 @@ def _open_stores(cfg: Config, manifest) -> dict:
         raise StoreError(f"{cfg.manifest} holds no split to evaluate (only {manifest.splits()})")
     out = {}
     for split in splits:
-        ds = StoreDataset([cfg.stores / f"{split}.zarr"], train=False, flag_unreadable=True)
+        ds = StoreDataset([cfg.stores / f"{split}.zarr"], train=False)
         if ds.stores[0].manifest_sha256 != manifest.split_hash(split):
             raise StoreError(
                 f"{ds.stores[0].path} was built from another manifest than {cfg.manifest} ({split}): "
