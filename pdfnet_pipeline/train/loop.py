@@ -228,8 +228,10 @@ class Trainer:
 
     def agree_to_stop(self) -> bool:
         """Outside a step (epoch boundary): did any rank get a stop signal? All ranks get one answer."""
-        flag = torch.tensor([float(self.stopping or self.stop.requested)], device=self.device)
-        self.stopping = bool(self.rt.all_reduce(flag, "max").item())
+        self.stopping = self.stopping or self.stop.requested
+        if self.rt.distributed:  # one read per epoch, and only when there are ranks to agree with
+            flag = torch.tensor([float(self.stopping)], device=self.device)
+            self.stopping = bool(self.rt.all_reduce(flag, "max").item())
         return self.stopping
 
     def micro_step(self, batch: dict, weight: float, sync: bool) -> torch.Tensor:
