@@ -13,6 +13,8 @@ zarr's thread pools.
 
 from __future__ import annotations
 
+import atexit
+import functools
 import multiprocessing
 from multiprocessing.context import BaseContext
 
@@ -26,3 +28,20 @@ def context(preload: tuple[str, ...] = (), method: str = "forkserver") -> BaseCo
     if method == "forkserver":
         ctx.set_forkserver_preload(["__main__", "pdfnet_pipeline.cli", *preload])
     return ctx
+
+
+@functools.cache
+def kill_shielded_at_exit() -> None:
+    """Make sure workers that ignore SIGTERM (`preempt.shield_worker`) cannot hold up this
+    process's exit. At exit, multiprocessing sends its daemonic children SIGTERM and joins every
+    child: a shielded worker outlives the SIGTERM, so a DataLoader still alive at exit (persistent
+    workers, or an iterator kept by a traceback) hung the interpreter forever. Registered after
+    multiprocessing's own exit handler, this runs first and SIGKILLs the daemonic children left.
+    Call it in the parent before starting shielded workers (once is enough; later calls no-op)."""
+    atexit.register(_kill_daemonic_children)
+
+
+def _kill_daemonic_children() -> None:
+    for child in multiprocessing.active_children():
+        if child.daemon:  # DataLoader workers; pools' non-daemonic workers are shut down by them
+            child.kill()

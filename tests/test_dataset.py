@@ -160,3 +160,49 @@ def test_batch_inputs_normalise(stores):
     exp = (img - torch.tensor(A.IMAGENET_MEAN, dtype=torch.float64)) / torch.tensor(A.IMAGENET_STD, dtype=torch.float64)
     torch.testing.assert_close(out["image"][1, :, 5, 7].double(), exp, atol=1e-5, rtol=0)
     torch.testing.assert_close(out["depth"][1, 0], batch["depth"][1].float())
+
+
+EXIT_SCRIPT = """
+import sys
+sys.path.insert(0, {tests!r})
+from pathlib import Path
+from train_fixtures import random_store
+from pdfnet_pipeline import workers
+from pdfnet_pipeline.data.dataset import DataConfig, ShardSampler, StoreDataset, make_loader
+if {unguarded!r}:
+    workers.kill_shielded_at_exit = lambda: None
+if __name__ == "__main__":
+    ds = StoreDataset([random_store(Path({tmp!r}) / "s.zarr", n=4, size=32)], train=False)
+    loader = make_loader(ds, ShardSampler(len(ds)), DataConfig(workers=2), batch_size=1)
+    batch = next(iter(loader))  # persistent workers stay up, referenced by the loader
+    print("got", batch["id"], flush=True)
+"""
+
+
+@pytest.mark.parametrize("unguarded", [False, True])
+def test_a_process_exits_with_its_loader_still_alive(tmp_path, unguarded):
+    """The workers ignore SIGTERM (pre-emption is the main process's), which multiprocessing's
+    exit handler sends before joining them: a loader still referenced at exit used to hang the
+    interpreter forever (CI hit this after the last test). Unguarded, it still hangs: the check
+    that this test can fail."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "run.py"
+    script.write_text(EXIT_SCRIPT.format(tests=str(Path(__file__).parent), tmp=str(tmp_path), unguarded=unguarded))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        first = proc.stdout.readline()  # the batch arrived; what is left is the exit
+        proc.wait(timeout=15 if unguarded else 60)
+        ended = True
+    except subprocess.TimeoutExpired:
+        ended = False
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # the process, its forkserver and the workers
+        proc.communicate()
+    assert first == "got ['s0']\n"
+    assert ended is not unguarded

@@ -202,6 +202,8 @@ def make_loader(
     """`pin_memory` on CUDA (page-locked batches copy with non_blocking); `drop_last` when the
     model is compiled for one static shape (training with compile=true)."""
     n = cfg.workers
+    if n > 0:
+        workers.kill_shielded_at_exit()  # _worker_init ignores SIGTERM
     return DataLoader(
         dataset,
         batch_size=batch_size,

@@ -199,6 +199,8 @@ def _loader(entries, root: Path, todo: list[list[int]], cfg: Config, device, pre
     from pdfnet_pipeline import workers
     from pdfnet_pipeline.depth import inputs
 
+    if cfg.workers > 0:
+        workers.kill_shielded_at_exit()  # the workers ignore SIGTERM
     return torch.utils.data.DataLoader(
         inputs.SampleSource(entries, root, prep),
         batch_sampler=todo,
