@@ -138,9 +138,12 @@ def set_materialized_attention(model: nn.Module, materialize: bool) -> None:
 
 
 def set_grad_checkpoint(model: PDFNet, enabled: bool) -> None:
-    """Switch activation checkpointing of the encoder and both decoders on or off."""
+    """Switch activation checkpointing of the encoder, both decoders and the CPU attention chunks."""
     for part in (model.encoder, model.decoder, model.depth_decoder):
         part.grad_checkpoint = enabled
+    for m in model.modules():
+        if isinstance(m, SDPAttention):
+            m.grad_checkpoint = enabled
 
 
 def build_pdfnet(cfg: PDFNetConfig | None = None) -> PDFNet:
