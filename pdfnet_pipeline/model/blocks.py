@@ -7,6 +7,7 @@ Parameter names follow the reference layout (Sequential indices in `crs`, nn.Mul
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 import torch.nn as nn
@@ -14,9 +15,10 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 TILES = 8  # the patch pass cuts the image into TILES x TILES tiles
+T = TypeVar("T")
 
 
-def checkpointed(enabled: bool, fn: Callable[..., torch.Tensor], *args: torch.Tensor):
+def checkpointed(enabled: bool, fn: Callable[..., T], *args: object) -> T:
     """`fn(*args)`, under activation checkpointing when `enabled` and autograd is recording.
 
     Only the inputs are kept; the backward pass reruns `fn`. Non-reentrant checkpointing restores

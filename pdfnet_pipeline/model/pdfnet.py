@@ -39,8 +39,9 @@ class PDFNetConfig:
     patch_grad: bool = False  # reference: no gradient through the patch pass and patch selection
     fused_window_attn: bool = False  # timm SDPA inside Swin windows: faster, ~1e-6 off the reference
     materialize_attention: bool = False  # CoA via explicit softmax(QK^T)V instead of SDPA (benchmark)
-    # Activation checkpointing of the Swin blocks, FSE stages and decoder blocks while training:
-    # less memory for one more forward of those parts; same loss and gradients, same weights.
+    # Activation checkpointing of the Swin blocks, FSE stages, decoder blocks and (CPU, dropout)
+    # attention chunks while training: less memory for one more forward of those parts; same
+    # loss and gradients, same weights.
     grad_checkpoint: bool = False
 
 
