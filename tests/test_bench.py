@@ -42,17 +42,33 @@ def test_bench_depth(capsys):
 
 
 @pytest.mark.slow  # two tiny-model passes at 256² with each attention: ~1 min on 2 shared cores
-def test_bench_model(capsys):
-    cfg = model.Config(sizes=[256], preset="tiny", device="cpu", warmup=False)
-    model.run(cfg)
-    out = capsys.readouterr().out
-    table = rows(out, r"256 (forward|train)\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)")
-    assert [m[1] for m in table] == ["forward", "train"]
-    for m in table:
-        assert all(positive(v) for v in (m[2], m[4]))  # seconds, sdpa and materialised
-        # Peak memory on the CPU is the resident-size rise during the pass (never below 0); a tiny
-        # model's can print as 0.00 GiB.
-        assert all(math.isfinite(float(m[i])) and float(m[i]) >= 0 for i in (3, 5))
+def test_bench_model_in_process(capsys):
+    """Every configuration gets a row; ratios are to the first row of its size and pass."""
+    cfg = model.Config(sizes=[256], preset="tiny", device="cpu", isolate=False, repeats=1, checkpointing=[False, True])
+    rows = model.run(cfg)
+    got = [(r["case"].mode, r["case"].attention, r["case"].checkpointing) for r in rows]
+    assert got == [
+        ("forward", "materialized", False),
+        ("forward", "sdpa", False),
+        ("train", "materialized", False),
+        ("train", "sdpa", False),
+        ("train", "materialized", True),
+        ("train", "sdpa", True),
+    ]
+    for r in rows:
+        assert r["runs"] == 1 and r["steady_min"] > 0 and "peak_med" not in r  # no CPU memory in process
+    assert rows[0]["time_ratio"] == rows[2]["time_ratio"] == 1.0
+    assert rows[1]["time_ratio"] == pytest.approx(rows[1]["steady_med"] / rows[0]["steady_med"])
+    assert "256 train   sdpa         on" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_bench_model_fresh_processes_report_peak_memory():
+    """One process per measurement: its ru_maxrss is the peak, above what the built model held."""
+    cfg = model.Config(sizes=[256], preset="tiny", device="cpu", attention=["sdpa"], passes=["train"], repeats=1)
+    (row,) = model.run(cfg)
+    assert row["runs"] == 1 and row["errors"] == []
+    assert 0.2 < row["peak_med"] < 8 and 0 < row["act_med"] < row["peak_med"]  # GiB: torch alone is ~0.3
 
 
 def test_bench_data(capsys):

@@ -7,6 +7,7 @@ Parameter names follow the reference layout (Sequential indices in `crs`, nn.Mul
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 import torch.nn as nn
@@ -14,9 +15,10 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 TILES = 8  # the patch pass cuts the image into TILES x TILES tiles
+T = TypeVar("T")
 
 
-def checkpointed(enabled: bool, fn: Callable[..., torch.Tensor], *args: torch.Tensor):
+def checkpointed(enabled: bool, fn: Callable[..., T], *args: object) -> T:
     """`fn(*args)`, under activation checkpointing when `enabled` and autograd is recording.
 
     Only the inputs are kept; the backward pass reruns `fn`. Non-reentrant checkpointing restores
@@ -92,7 +94,16 @@ class SDPAttention(nn.Module):
     Runs through `F.scaled_dot_product_attention`, so the 16k x 16k attention matrix of the
     finest FSE stage is never materialised (flash / memory-efficient kernels). `materialize=True`
     computes softmax(q k^T / sqrt(d)) v explicitly: the reference's arithmetic, for the benchmark.
+
+    PyTorch's CPU SDPA has no fused kernel with dropout: training on the CPU falls back to its
+    math kernel, which keeps the whole matrix, its dropout noise and the dropped copy for
+    backward (3 GiB for the finest stage at 1024²). There, queries are attended in chunks of
+    `CHUNK_ELEMS` matrix entries; with `grad_checkpoint` each chunk reruns in backward, so only
+    one chunk's matrix is ever held. Rows of softmax are independent, so chunking changes
+    nothing but which random numbers the dropout draws.
     """
+
+    CHUNK_ELEMS = 2**24  # 64 MiB of float32 scores per chunk
 
     def __init__(self, dim: int, dropout: float = 0.1) -> None:
         super().__init__()
@@ -100,6 +111,7 @@ class SDPAttention(nn.Module):
         self.out_proj = nn.Linear(dim, dim, bias=False)
         self.dropout = dropout
         self.materialize = False
+        self.grad_checkpoint = False
         nn.init.xavier_uniform_(self.in_proj_weight)  # as nn.MultiheadAttention._reset_parameters
 
     def forward(self, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
@@ -109,10 +121,17 @@ class SDPAttention(nn.Module):
         if self.materialize:
             attn = torch.softmax((q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1), dim=-1)
             out = F.dropout(attn, p) @ v
+        elif p > 0 and q.device.type == "cpu" and q.shape[1] * k.shape[1] > self.CHUNK_ELEMS:
+            rows = max(1, self.CHUNK_ELEMS // k.shape[1])
+            out = torch.cat([checkpointed(self.grad_checkpoint, _sdpa, c, k, v, p) for c in q.split(rows, 1)], 1)
         else:
-            out = F.scaled_dot_product_attention(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), dropout_p=p)
-            out = out.squeeze(1)
+            out = _sdpa(q, k, v, p)
         return self.out_proj(out)
+
+
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: float) -> torch.Tensor:
+    """Single-head SDPA on B x N x C tokens."""
+    return F.scaled_dot_product_attention(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), dropout_p=p).squeeze(1)
 
 
 class CoA(nn.Module):

@@ -41,8 +41,9 @@ class PDFNetConfig:
     patch_grad: bool = False  # reference: no gradient through the patch pass and patch selection
     fused_window_attn: bool = False  # timm SDPA inside Swin windows: faster, ~1e-6 off the reference
     materialize_attention: bool = False  # CoA via explicit softmax(QK^T)V instead of SDPA (benchmark)
-    # Activation checkpointing of the Swin blocks, FSE stages and decoder blocks while training:
-    # less memory for one more forward of those parts; same loss and gradients, same weights.
+    # Activation checkpointing of the Swin blocks, FSE stages, decoder blocks and (CPU, dropout)
+    # attention chunks while training: less memory for one more forward of those parts; same
+    # loss and gradients, same weights.
     grad_checkpoint: bool = False
 
 
@@ -175,9 +176,12 @@ def set_materialized_attention(model: nn.Module, materialize: bool) -> None:
 
 
 def set_grad_checkpoint(model: PDFNet, enabled: bool) -> None:
-    """Switch activation checkpointing of the encoder and both decoders on or off."""
+    """Switch activation checkpointing of the encoder, both decoders and the CPU attention chunks."""
     for part in (model.encoder, model.decoder, model.depth_decoder):
         part.grad_checkpoint = enabled
+    for m in model.modules():
+        if isinstance(m, SDPAttention):
+            m.grad_checkpoint = enabled
 
 
 def build_pdfnet(cfg: PDFNetConfig | None = None) -> PDFNet:
