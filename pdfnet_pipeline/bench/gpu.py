@@ -110,7 +110,11 @@ def plan(full: bool) -> list[Step]:
     return [
         gpu_tests,
         *depth,
-        Step("model 1024", _bench("model", "sizes=[1024]", "repeats=3", "isolate=false", "checkpointing=[false,true]"), 90),
+        Step(
+            "model 1024",
+            _bench("model", "sizes=[1024]", "repeats=3", "isolate=false", "checkpointing=[false,true]"),
+            90,
+        ),
         Step("train 1024", _bench("train", "size=1024", "steps=2", "max_batch=64"), 60),
         Step("metrics", _bench("metrics", "pairs=8", "repeats=1", "steady_pairs=2"), 45),
     ]
