@@ -2,6 +2,7 @@
 random PDFNet checkpoint, metrics checked against pysodmetrics run on the written PNGs."""
 
 import json
+import re
 
 import numpy as np
 import py_sod_metrics as psm
@@ -76,6 +77,21 @@ def test_eval_stage_outputs_and_metrics_match_pysodmetrics(built):
         assert results[split]["Fmax"] == pytest.approx(fm.get_results()["fm"]["curve"].max(), abs=1e-12)
         assert results[split]["Sa"] == pytest.approx(sm.get_results()["sm"], abs=1e-12)
         assert results[split]["MAE"] == pytest.approx(mae.get_results()["mae"], abs=1e-12)
+    # index.html: one gallery row per evaluated image, worst MAE first, each row's MAE pysodmetrics'.
+    page = (out / "index.html").read_text()
+    assert "<title>RANDOM WEIGHTS: PDFNet evaluation</title>" in page
+    rows = re.findall(r'<tr data-split="([^"]*)" data-id="([^"]*)"[^>]* data-mae="([^"]*)"', page)
+    assert sorted((s, i) for s, i, _ in rows) == sorted(
+        (s, p.stem) for s in SPLITS for p in (root / "data" / s / "gt").iterdir()
+    )
+    maes = [float(m) for _, _, m in rows]
+    assert maes == sorted(maes, reverse=True)
+    for split, name, value in rows:
+        one = psm.MAE()
+        gt = np.asarray(Image.open(root / "data" / split / "gt" / f"{name}.png"))
+        one.step(pred=np.asarray(Image.open(out / "preds" / split / f"{name}.png")), gt=gt)
+        assert float(value) == pytest.approx(one.get_results()["mae"], abs=1e-12)
+    assert len(list((out / "thumbs").iterdir())) == 5 * len(rows)
 
 
 @pytest.mark.slow

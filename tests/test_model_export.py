@@ -41,11 +41,18 @@ def _inputs(batch, size, seed):
     return image, depth
 
 
-@pytest.mark.slow
-def test_cli_export_256_matches_torch_at_any_batch(model, checkpoint, tmp_path):
-    out = tmp_path / "tiny256.onnx"
+@pytest.fixture(scope="module")
+def exported256(checkpoint, tmp_path_factory):
+    """The CLI's export at 256 and what it printed."""
+    out = tmp_path_factory.mktemp("onnx") / "tiny256.onnx"
     res = CliRunner().invoke(app, ["model", "export", str(checkpoint), "--format", "onnx", str(out), "--size", "256"])
     assert res.exit_code == 0, res.output
+    return out, res
+
+
+@pytest.mark.slow
+def test_cli_export_256_matches_torch_at_any_batch(model, exported256):
+    out, res = exported256
     reported = float(res.output.split("max abs logit difference ")[1])
     assert 0 <= reported <= TOL
 
@@ -88,3 +95,39 @@ def test_cli_export_refuses_unknown_format_and_bad_size(checkpoint, tmp_path):
     res = runner.invoke(app, ["model", "export", str(checkpoint), str(tmp_path / "m.onnx"), "--size", "300"])
     assert res.exit_code == 2 and "size 300: must be a multiple of 256" in res.output
     assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.slow
+def test_segmenter_and_predict_backend_onnx_match_torch(checkpoint, exported256, real_dir, tmp_path):
+    """The Python API on both backends (tiny, 256, random DAM): masks at the photo's size that
+    differ by at most one grey level (logits agree to 1e-4, then x255 and truncation), the same
+    mask from a PIL image, an array and a file, and `predict --backend onnx` writing exactly the
+    ONNX segmenter's mask."""
+    from PIL import Image
+
+    from pdfnet_pipeline import Segmenter
+
+    onnx_path = exported256[0]
+    kw = dict(depth_weights="random", depth_arch="tiny", device="cpu")
+    seg_torch = Segmenter.from_pretrained(checkpoint, size=256, **kw)
+    seg_onnx = Segmenter.from_pretrained(onnx_path, backend="onnx", **kw)
+    assert seg_torch.random_depth and seg_onnx.predictor.size == 256
+    photo = real_dir / "images" / "car-1.jpg"
+    pil = Image.open(photo)
+    m_torch, m_onnx = seg_torch.predict(pil), seg_onnx.predict(pil)
+    assert m_torch.mode == m_onnx.mode == "L" and m_torch.size == m_onnx.size == pil.size
+    a, b = np.asarray(m_torch).astype(int), np.asarray(m_onnx).astype(int)
+    assert np.abs(a - b).max() <= 1 and a.std() > 0  # a real map, not a constant
+    np.testing.assert_array_equal(np.asarray(seg_torch.predict(photo)), a)
+    np.testing.assert_array_equal(np.asarray(seg_torch.predict(np.asarray(pil.convert("RGB")))), a)
+
+    args = ["predict", str(photo), "--checkpoint", str(onnx_path), "--backend", "onnx", "--out", str(tmp_path)]
+    args += ["--dam-weights", "random", "--dam-arch", "tiny", "--device", "cpu"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "car-1.png")), b)
+    for extra, message in ((["--tta"], "no --tta"), (["--size", "512"], "exported at 256px, not --size 512")):
+        res = CliRunner().invoke(app, args + extra)
+        assert res.exit_code == 2 and message in res.output, res.output
+    with pytest.raises(FileNotFoundError, match="needs an exported .onnx file"):
+        Segmenter.from_pretrained(checkpoint, backend="onnx", **kw)

@@ -84,7 +84,11 @@ def metrics(
 def predict(
     images: Annotated[list[Path], typer.Argument(help="Image files and/or folders of images.")],
     checkpoint: Annotated[
-        Path, typer.Option(help="PDFNet checkpoint (.safetensors; convert a .pth with `model convert`).")
+        str,
+        typer.Option(
+            help="PDFNet checkpoint: a .safetensors file (convert a .pth with `model convert`), a "
+            "save_pretrained folder or a Hub id; with --backend onnx an exported .onnx file."
+        ),
     ],
     out: Annotated[Path, typer.Option(help="Folder for <stem>.png masks and <stem>_cutout.png RGBA cut-outs.")] = Path(
         "predictions"
@@ -97,13 +101,18 @@ def predict(
     dam_aspect: Annotated[
         str, typer.Option(help="square (paper text) or keep (official infer_image): the depth stage's aspect.")
     ] = "square",
-    size: Annotated[int, typer.Option(help="Network input side (multiple of 256).")] = 1024,
+    size: Annotated[
+        int | None, typer.Option(help="Network input side (multiple of 256; default 1024, or the ONNX graph's).")
+    ] = None,
     tta: Annotated[bool, typer.Option(help="Flip x 3 scales test-time augmentation.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1 ...")] = "auto",
     compile: Annotated[
         bool, typer.Option(help="torch.compile DAM and PDFNet (static shapes; pays off over many images).")
     ] = False,
     strict: Annotated[bool, typer.Option(help="Exit non-zero if any image could not be read.")] = False,
+    backend: Annotated[
+        str, typer.Option(help="torch, or onnx (onnxruntime on the CPU; needs the [onnx] extra).")
+    ] = "torch",
 ) -> None:
     """Predict a mask and an RGBA cut-out for each image at the image's own resolution."""
     from pdfnet_pipeline.depth.dam import DamWeightsError
@@ -115,9 +124,18 @@ def predict(
         raise typer.Exit(2)
     try:
         predictor = Predictor(
-            checkpoint, dam_arch, dam_weights, size, tta, device, dam_input_size, dam_aspect=dam_aspect, compile=compile
+            checkpoint,
+            dam_arch,
+            dam_weights,
+            size,
+            tta,
+            device,
+            dam_input_size,
+            dam_aspect=dam_aspect,
+            compile=compile,
+            backend=backend,
         )
-    except (DamWeightsError, FileNotFoundError, ValueError) as err:
+    except (DamWeightsError, FileNotFoundError, ValueError) as err:  # CheckpointError is a ValueError
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
     if predictor.random:

@@ -7,6 +7,10 @@ back to the photo's size. Writes `<stem>.png` (8-bit mask)
 and `<stem>_cutout.png` (RGBA: the photo with the mask as alpha). Bad files are reported by name
 and skipped; the others still run. The command itself lives in eval/commands.py, so `--help`
 does not import this module.
+
+Backends: "torch" (a checkpoint file, `save_pretrained` folder or Hub id) or "onnx" (a graph from
+`model export --format onnx`, run by onnxruntime on the CPU; DAM v2 still runs in torch). An ONNX
+graph is fixed at its export size, so it sets the network side and refuses TTA's other scales.
 """
 
 from __future__ import annotations
@@ -32,6 +36,27 @@ def collect_images(inputs: list[Path]) -> list[Path]:
     return out
 
 
+BACKENDS = ("torch", "onnx")
+
+
+class OnnxPredict:
+    """`(image, depth) -> logits` through onnxruntime, like `PDFNet.predict` (float32, CPU)."""
+
+    def __init__(self, path: Path) -> None:
+        from pdfnet_pipeline.model.export import onnx_session
+
+        if Path(path).suffix != ".onnx" or not Path(path).is_file():
+            raise FileNotFoundError(f"--backend onnx needs an exported .onnx file, got {path}")
+        self.session = onnx_session(path)
+        self.size = int(self.session.get_modelmeta().custom_metadata_map["pdfnet.size"])
+
+    def __call__(self, image: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
+        from pdfnet_pipeline.model.export import onnx_logits
+
+        logits = onnx_logits(self.session, image.float().cpu().numpy(), depth.float().cpu().numpy())
+        return torch.from_numpy(logits).to(image.device)
+
+
 class Predictor:
     """DAM v2 + PDFNet on one device; `__call__(rgb uint8 HxWx3) -> mask uint8 HxW`.
 
@@ -45,13 +70,14 @@ class Predictor:
         checkpoint: Path,
         dam_arch: str = "large",
         dam_weights: str = "hub",
-        size: int = 1024,
+        size: int | None = None,
         tta: bool = False,
         device: str = "auto",
         dam_input_size: int = 518,
         precision: str = "auto",
         dam_aspect: str = "square",
         compile: bool = False,
+        backend: str = "torch",
     ) -> None:
         from pdfnet_pipeline import runtime
         from pdfnet_pipeline.depth import dam
@@ -60,16 +86,24 @@ class Predictor:
         self.device = runtime.pick_device(device)
         if dam_aspect not in ("square", "keep"):
             raise ValueError(f"unknown DAM aspect {dam_aspect!r} (square, keep)")
-        self.size, self.tta, self.dam_target, self.dam_aspect = size, tta, dam_input_size, dam_aspect
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r} ({', '.join(BACKENDS)})")
+        if backend == "onnx":
+            if tta or compile:
+                raise ValueError("--backend onnx runs the graph at its export size: no --tta scales, no --compile")
+            self.predict_fn = OnnxPredict(Path(checkpoint))
+            if size not in (None, self.predict_fn.size):
+                raise ValueError(f"{checkpoint} was exported at {self.predict_fn.size}px, not --size {size}")
+            size = self.predict_fn.size
+        self.size, self.tta, self.dam_target, self.dam_aspect = size or 1024, tta, dam_input_size, dam_aspect
         self.precision = runtime.precision(self.device, precision)  # bf16 / fp16 on GPUs, fp32 on CPU
         self.dam, self.dam_provenance = dam.load_dam(dam_arch, dam_weights)
         self.dam.to(self.device)
-        self.model = load_model(checkpoint, map_location=self.device).eval()
         self.random = dam_weights == "random"
-        self.depth_fn, self.predict_fn = dam.predict, self.model.predict
-        if compile:
-            self.depth_fn = torch.compile(dam.predict, dynamic=False)
-            self.predict_fn = torch.compile(self.model.predict, dynamic=False)
+        self.depth_fn = torch.compile(dam.predict, dynamic=False) if compile else dam.predict
+        if backend == "torch":
+            model = load_model(checkpoint, map_location=self.device).eval()
+            self.predict_fn = torch.compile(model.predict, dynamic=False) if compile else model.predict
 
     @torch.no_grad()
     def depth(self, rgb: np.ndarray) -> torch.Tensor:

@@ -1,5 +1,6 @@
 """Stage eval: predict every done sample of each split from its store, save native-size PNGs,
-compute the DIS metrics per split and over DIS-TE (all), and write the report.
+compute the DIS metrics per split and over DIS-TE (all), and write the report (results.md/csv/json,
+curves.png, contact_sheet.png and index.html: the table, curves and a sortable per-image gallery).
 
 Predictions use the store's 1024² image and its `depth/large` map (the inference input the paper
 uses), optionally with TTA; the GT is the manifest's original mask at its native size, so the
@@ -14,6 +15,7 @@ copies of its last sample, whose outputs are dropped (PDFNet's samples never mix
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -31,6 +33,7 @@ from pdfnet_pipeline.data.dataset import VAL_DEPTH, StoreDataset
 from pdfnet_pipeline.data.images import load_mask
 from pdfnet_pipeline.data.manifest import read_manifest
 from pdfnet_pipeline.errors import UserError
+from pdfnet_pipeline.eval.html import IMAGE_METRICS, GalleryItem, write_index
 from pdfnet_pipeline.eval.report import SheetRow, contact_sheet, plot_curves, write_tables
 from pdfnet_pipeline.eval.tta import predict_logits, to_native_uint8
 from pdfnet_pipeline.model.checkpoint import CheckpointError
@@ -212,7 +215,7 @@ def run(cfg: Config) -> dict:
         pairs = [(r["pred"], gts[r["id"]], r["id"]) for r in records]
         result = M.evaluate_pairs(pairs, workers=cfg.metric_workers or None, config=mcfg)
         per_split[split] = result
-        samples += [dict(r, split=split, mae=im.mae) for r, im in zip(records, result.images)]
+        samples += [dict(r, split=split, mae=im.mae, metrics=im) for r, im in zip(records, result.images)]
     te = [im for s in TEST_SPLITS if s in per_split for im in per_split[s].images]
     if all(s in per_split for s in TEST_SPLITS):  # "DIS-TE (all)" means all four test splits
         per_split[ALL_TE] = M.Results.from_images(te)
@@ -221,9 +224,31 @@ def run(cfg: Config) -> dict:
     files = write_tables(results, out, label)
     files.append(plot_curves(curves, out / "curves.png", label))
     files.append(_sheet(samples, stores, manifest, out / "contact_sheet.png", cfg.sheet_rows, label))
+    files.append(write_index(out, results, _gallery(samples, stores, manifest), label))
     print((out / "results.md").read_text())
     print("wrote " + ", ".join(str(f) for f in files))
     return results
+
+
+def _gallery(samples, stores, manifest) -> list[GalleryItem]:
+    """Every evaluated sample for index.html. Its image and depth are read from the store when the
+    thumbnail is made, so a DIS-5K evaluation never holds 2,470 images at once."""
+    masks = {(s, e.id): e.mask_path(manifest.root) for s in {r["split"] for r in samples} for e in manifest.split(s)}
+    items = []
+    for r in samples:
+        st, row, im = stores[r["split"]], r["row"], r["metrics"]
+        metrics = {k: getattr(im, k) for k in IMAGE_METRICS}
+        image, depth = functools.partial(_store_image, st, row), functools.partial(_store_depth, st, row)
+        items.append(GalleryItem(r["split"], r["id"], metrics, image, depth, masks[r["split"], r["id"]], r["pred"]))
+    return items
+
+
+def _store_image(st, row: int) -> np.ndarray:
+    return st.sample(row).image
+
+
+def _store_depth(st, row: int) -> np.ndarray:
+    return st.sample(row, (VAL_DEPTH,)).depth[VAL_DEPTH]
 
 
 def _sheet(samples, stores, manifest, path: Path, n: int, label: str | None) -> Path:
