@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from pdfnet_pipeline.bench import data, depth, model, train
+from pdfnet_pipeline.bench import data, depth, depth_official, model, train
 
 
 def positive(text: str) -> float:
@@ -22,23 +22,49 @@ def rows(out: str, pattern: str) -> list[re.Match]:
     return [m for line in out.splitlines() if (m := re.fullmatch(pattern, line.strip()))]
 
 
-def test_bench_depth(capsys):
-    depth.run(
-        depth.Config(images=2, batch_sizes=[1, 2], size=64, input_size=56, device="cpu", workers=0, write_threads=1)
-    )
-    out = capsys.readouterr().out
-    table = rows(
-        out, r"(reference-style per-image loop|stage depth \(store: image\+mask\+map\))\s+(\d+)\s+(\S+)\s+(\S+)"
-    )
-    assert [(m[1].split()[0], int(m[2])) for m in table] == [("reference-style", 1), ("stage", 1), ("stage", 2)]
-    for m in table:
-        assert all(positive(v) for v in (m[3], m[4]))  # img/s, ratio to the loop
-    assert float(table[0][4]) == 1.0  # the loop is the baseline of the "vs loop" column
-    store_mb, map_mb, png_mb = re.search(
-        r"store (\S+) MB .* adds ~(\S+) MB\); reference 8-bit PNG (\S+) MB", out
-    ).groups()
-    assert positive(store_mb) >= positive(map_mb)
-    assert math.isfinite(float(png_mb))  # 64² 8-bit PNGs are < 5 kB: printed as 0.00 MB
+def test_official_resize_rule():
+    """The official Resize (keep aspect, lower bound, multiple of 14) by hand: 2592x1944 at 518 ->
+    scale 518/1944, 690.7 -> 686 (nearest multiple of 14), 518; at 1024 the short side rounds to
+    1022 < 1024, so it goes up to 1036; 1365.3 -> 1372."""
+    from pdfnet_pipeline.bench.depth_official import official_shape
+    from pdfnet_pipeline.depth import dam
+
+    assert official_shape(2592, 1944, 518) == (518, 686)
+    assert official_shape(2592, 1944, 1024) == (1036, 1372)
+    assert official_shape(1944, 2592, 518) == (686, 518)
+    for w, h in ((3000, 2000), (1836, 3264), (640, 480), (518, 518)):  # the stage's own rule agrees
+        for t in (518, 1024):
+            assert official_shape(w, h, t) == dam.input_shape(w, h, t, "keep")
+
+
+@pytest.mark.slow
+def test_bench_depth_official_rows(capsys, tmp_path):
+    """Three configurations, each whole run timed in fresh processes; the official loop writes
+    one JPEG per photo and map at the photo's size."""
+    cfg = depth.Config(
+        images=2, size=64, input_size=56, supervision_size=84, device="cpu", workers=0, write_threads=1,
+        repeats=1, parts=["official"], aspect_sizes=[[96, 64], [64, 112]],
+    )  # fmt: skip
+    out = depth_official.rows(tmp_path, cfg, {"small": "tiny", "base": "tiny", "large": "tiny"})
+    assert list(out) == ["official loop", "stage keep", "stage square"]
+    for v in out.values():
+        assert len(v["whole"]) == 1 and v["whole"][0] > 0 and v["mb"] > 0
+    printed = capsys.readouterr().out
+    assert re.search(r"official loop\s+\S+\s+\S+\s+\S+\s+1\.00\s+1\.00", printed)
+    jpegs = sorted((tmp_path / "run0_official_loop_2").rglob("*.jpg"))
+    assert [p.parent.name for p in jpegs] == [
+        "base",
+        "base",
+        "large",
+        "large",
+        "large_1024",
+        "large_1024",
+        "small",
+        "small",
+    ]
+    from PIL import Image
+
+    assert {Image.open(p).size for p in jpegs} == {(96, 64), (64, 112)}  # the photos' own sizes
 
 
 @pytest.mark.slow  # two tiny-model passes at 256² with each attention: ~1 min on 2 shared cores

@@ -13,8 +13,8 @@ def test_full_plan_fits_the_eight_minute_budget():
     steps = plan(full=True)
     assert sum(s.timeout for s in steps) == 480
     names = [s.name for s in steps]
-    assert names == ["gpu tests", "depth small", "depth base", "depth large", "model 1024", "train 1024", "metrics"]
-    assert "batch_sizes=[1,8,32]" in plan(full=True)[1].args
+    assert names == ["gpu tests", "depth official", "depth bf16", "model 1024", "train 1024", "metrics"]
+    assert 'official_archs=["small","base","large"]' in plan(full=True)[1].args
 
 
 @pytest.mark.slow  # ~70 s of CPU; 4.5 min wall on the shared 2-core machine with 5 agents

@@ -1,8 +1,9 @@
 """One command that exercises the GPU path: `pdfnet-pipeline bench gpu --set out=\"out/gpu-check\"`.
 
 Runs what already exists, each step in its own subprocess with its own timeout so one failure or
-hang does not stop the rest: the `gpu`-marked tests, `bench depth` (small, base, large; random
-weights) at batch 1/8/32, `bench model` at 1024² (SDPA vs materialised, forward and train),
+hang does not stop the rest: the `gpu`-marked tests, `bench depth` (the official four-pass loop
+vs the stage making the four maps with small / base / large, random weights; bf16 deviation per
+model), `bench model` at 1024² (SDPA vs materialised, checkpointing off / on, forward and train),
 `bench train` doubling the batch until out of memory, and `bench metrics`. On CUDA the timeouts
 sum to 8 minutes. Without CUDA (or `mode="dry"`) the same steps run with tiny configs in about a
 minute, on the CPU, and both reports say so at the top: it keeps the command from rotting.
@@ -68,13 +69,16 @@ def plan(full: bool) -> list[Step]:
                     "depth",
                     'arch="tiny"',
                     "images=2",
-                    "batch_sizes=[1,2]",
+                    "batch_sizes=[2]",
                     "size=256",
                     "input_size=70",
+                    "supervision_size=140",
+                    "aspect_sizes=[[320,240],[240,320]]",
                     'device="cpu"',
                     "workers=0",
                     "write_threads=1",
-                    'parts=["loop","bf16"]',
+                    "repeats=1",
+                    'parts=["official","bf16"]',
                     "deviation_images=1",
                     "deviation_inputs=[70]",
                 ),  # fmt: skip
@@ -92,20 +96,24 @@ def plan(full: bool) -> list[Step]:
         ]
     depth = [
         Step(
-            f"depth {arch}",
+            "depth official",
             _bench(
                 "depth",
-                f'arch="{arch}"',
-                "images=64",
-                "batch_sizes=[1,8,32]",
+                'official_archs=["small","base","large"]',
+                "images=8",
+                "batch_sizes=[16]",
                 "workers=8",
                 "write_threads=8",
-                'parts=["loop","bf16"]',
-                "deviation_images=4",
+                "repeats=2",
+                'parts=["official"]',
             ),  # fmt: skip
-            55,
-        )
-        for arch in ("small", "base", "large")
+            120,
+        ),
+        Step(
+            "depth bf16",
+            _bench("depth", 'deviation_archs=["small","base","large"]', "deviation_images=4", 'parts=["bf16"]'),
+            45,
+        ),
     ]
     return [
         gpu_tests,
