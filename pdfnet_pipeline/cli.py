@@ -45,6 +45,7 @@ BENCHES = {
     "train": "pdfnet_pipeline.bench.train",
     "metrics": "pdfnet_pipeline.bench.metrics",
     "gpu": "pdfnet_pipeline.bench.gpu",
+    "growth": "pdfnet_pipeline.bench.growth",
 }
 
 

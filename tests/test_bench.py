@@ -121,3 +121,22 @@ def test_bench_train(capsys):
     (m,) = rows(capsys.readouterr().out, r"batch\s+1: (\S+) steps/s, (\S+) samples/s, peak (\S+) GiB")
     assert math.isclose(positive(m[1]), positive(m[2]), abs_tol=0.005)  # batch 1: a sample per step
     assert positive(m[3])  # the process's peak RSS, model and optimizer included
+
+
+@pytest.mark.slow
+def test_bench_growth_rows(capsys):
+    from pdfnet_pipeline.bench import growth
+
+    cfg = growth.Config(counts=[1, 2], count_mp=0.05, megapixels=[0.05], photos=1, sizes=[256], repeats=1, workers=0)
+    times = growth.run(cfg)
+    assert list(times) == [
+        ("depth", "photos", "1 x 0.05 MP"),
+        ("depth", "photos", "2 x 0.05 MP"),
+        ("depth", "megapixels", "1 x 0.05 MP"),
+        ("depth", "store side", "1 x 0.05 MP, 256²"),
+        ("train", "resolution", "1 step 256²"),
+        ("eval", "resolution", "predict 256²"),
+        ("eval", "megapixels", "metrics 0.05 MP"),
+    ]
+    assert all(len(ts) == 1 and ts[0] > 0 for ts in times.values())
+    assert capsys.readouterr().out.count("\n| ") == 2 + len(times)  # header, rule, one row each
