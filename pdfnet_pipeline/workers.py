@@ -16,6 +16,7 @@ from __future__ import annotations
 import atexit
 import functools
 import multiprocessing
+import signal
 from multiprocessing.context import BaseContext
 
 
@@ -27,7 +28,30 @@ def context(preload: tuple[str, ...] = (), method: str = "forkserver") -> BaseCo
     ctx = multiprocessing.get_context(method)
     if method == "forkserver":
         ctx.set_forkserver_preload(["__main__", "pdfnet_pipeline.cli", *preload])
+        _start_forkserver_shielded()
     return ctx
+
+
+def _start_forkserver_shielded() -> None:
+    """Start the forkserver with the stop signals blocked (a no-op once it runs).
+
+    A job-wide SIGTERM (SLURM signals the whole process group) used to kill the forkserver, and
+    DataLoader workers quit when their parent goes (torch's watchdog compares getppid()), so the
+    main process died with "DataLoader worker exited unexpectedly" instead of stopping cleanly. A
+    blocked mask survives fork and exec: the server and every worker it forks never receive the
+    stop signals. Blocking, not ignoring, here: a signal that arrives during the start is
+    delivered to this process once the mask is restored, never lost."""
+    from multiprocessing import forkserver, resource_tracker
+
+    # The resource tracker's start unblocks SIGTERM in this thread (its own bpo-33613 guard): start
+    # it first, so the forkserver's start below finds it running and leaves the mask alone.
+    resource_tracker.ensure_running()
+    stop = {signal.SIGTERM, signal.SIGUSR1}  # preempt.STOP_SIGNALS
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, stop)
+    try:
+        forkserver.ensure_running()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 @functools.cache

@@ -206,3 +206,45 @@ def test_a_process_exits_with_its_loader_still_alive(tmp_path, unguarded):
         proc.communicate()
     assert first == "got ['s0']\n"
     assert ended is not unguarded
+
+
+SIGTERM_SCRIPT = """
+import os, signal, sys, time
+sys.path.insert(0, {tests!r})
+from multiprocessing import forkserver
+from pathlib import Path
+from train_fixtures import random_store
+from pdfnet_pipeline import workers
+from pdfnet_pipeline.data.dataset import DataConfig, ShardSampler, StoreDataset, make_loader
+if {unguarded!r}:
+    workers._start_forkserver_shielded = lambda: None
+if __name__ == "__main__":
+    ds = StoreDataset([random_store(Path({tmp!r}) / "s.zarr", n=8, size=32)], train=False)
+    it = iter(make_loader(ds, ShardSampler(len(ds)), DataConfig(workers=1), batch_size=1))
+    ids = list(next(it)["id"])
+    os.kill(forkserver._forkserver._forkserver_pid, signal.SIGTERM)  # a job-wide SIGTERM reaches it too
+    time.sleep(6)  # past torch's 5 s worker watchdog, which quits when the worker's parent is gone
+    try:
+        ids += [i for batch in it for i in batch["id"]]
+    except RuntimeError as err:
+        print("error:", err)
+    print("ids:", " ".join(ids))
+"""
+
+
+@pytest.mark.parametrize("unguarded", [False, True])
+def test_workers_outlive_a_sigterm_to_the_forkserver(tmp_path, unguarded):
+    """SLURM signals the whole process group. The forkserver starts with the stop signals blocked,
+    so it survives, and so do the workers it forked (they quit when their parent dies). Unguarded,
+    the loader fails with "exited unexpectedly": the CI failure this test pins down."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "run.py"
+    script.write_text(SIGTERM_SCRIPT.format(tests=str(Path(__file__).parent), tmp=str(tmp_path), unguarded=unguarded))
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=180).stdout
+    if unguarded:
+        assert "exited unexpectedly" in out, out
+    else:
+        assert "error" not in out and out.splitlines()[-1] == "ids: " + " ".join(f"s{i}" for i in range(8)), out
