@@ -25,6 +25,7 @@ min and median over repeats.
 from __future__ import annotations
 
 import json
+import math
 import random
 import statistics
 import subprocess
@@ -155,7 +156,8 @@ def rows(tmp: Path, cfg, archs: dict[str, str]) -> dict:
     out = {}
     for config in CONFIGS:
         whole = times[config, n]
-        steady = [(n - n // 2) / max(a - b, 1e-9) for a, b in zip(whole, times[config, n // 2])]
+        # n/a when noise swamps the difference (tiny inputs): a rate from a negative time is no rate
+        steady = [(n - n // 2) / (a - b) if a > b else math.nan for a, b in zip(whole, times[config, n // 2])]
         written = sum(
             f.stat().st_size for f in (tmp / f"run0_{config.replace(' ', '_')}_{n}").rglob("*") if f.is_file()
         )
@@ -163,10 +165,11 @@ def rows(tmp: Path, cfg, archs: dict[str, str]) -> dict:
     ref = out[CONFIGS[0]]
     for config, v in out.items():
         x_whole = statistics.median(ref["whole"]) / statistics.median(v["whole"])
-        x_steady = statistics.median(v["steady"]) / statistics.median(ref["steady"])
+        steady = statistics.median(v["steady"])
+        x_steady = steady / statistics.median(ref["steady"])
         print(
-            f"{config:<15}{min(v['whole']):>12.1f}{statistics.median(v['whole']):>12.1f}"
-            f"{statistics.median(v['steady']):>14.3f}{x_whole:>9.2f}{x_steady:>10.2f}{v['mb']:>10.2f}"
+            f"{config:<15}{min(v['whole']):>12.1f} {statistics.median(v['whole']):>11.1f} {_num(steady, '.3f'):>13} "
+            f"{x_whole:>8.2f} {_num(x_steady, '.2f'):>9} {v['mb']:>9.2f}"
         )
     print(
         "x = median speed-up over the official loop (whole: wall time; steady: img/s without fixed costs); "
@@ -174,6 +177,10 @@ def rows(tmp: Path, cfg, archs: dict[str, str]) -> dict:
         f"{cfg.size}²"
     )
     return out
+
+
+def _num(x: float, fmt: str) -> str:
+    return "n/a" if math.isnan(x) else format(x, fmt)
 
 
 def _main(job: dict) -> None:
