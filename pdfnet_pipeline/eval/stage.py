@@ -15,7 +15,6 @@ copies of its last sample, whose outputs are dropped (PDFNet's samples never mix
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import sys
@@ -238,17 +237,29 @@ def _gallery(samples, stores, manifest) -> list[GalleryItem]:
     for r in samples:
         st, row, im = stores[r["split"]], r["row"], r["metrics"]
         metrics = {k: getattr(im, k) for k in IMAGE_METRICS}
-        image, depth = functools.partial(_store_image, st, row), functools.partial(_store_depth, st, row)
-        items.append(GalleryItem(r["split"], r["id"], metrics, image, depth, masks[r["split"], r["id"]], r["pred"]))
+        row_data = _StoreRow(st, row)
+        items.append(
+            GalleryItem(
+                r["split"], r["id"], metrics, row_data.image, row_data.depth, masks[r["split"], r["id"]], r["pred"]
+            )
+        )
     return items
 
 
-def _store_image(st, row: int) -> np.ndarray:
-    return st.sample(row).image
+class _StoreRow:
+    """A store row's image and depth for one gallery item, read once: `write_index` asks for the
+    image, then the depth, of the same item; the sample is dropped after the depth."""
 
+    def __init__(self, st, row: int) -> None:
+        self.st, self.row, self.held = st, row, None
 
-def _store_depth(st, row: int) -> np.ndarray:
-    return st.sample(row, (VAL_DEPTH,)).depth[VAL_DEPTH]
+    def image(self) -> np.ndarray:
+        self.held = self.st.sample(self.row, (VAL_DEPTH,))
+        return self.held.image
+
+    def depth(self) -> np.ndarray:
+        sample, self.held = self.held or self.st.sample(self.row, (VAL_DEPTH,)), None
+        return sample.depth[VAL_DEPTH]
 
 
 def _sheet(samples, stores, manifest, path: Path, n: int, label: str | None) -> Path:
