@@ -162,21 +162,39 @@ def test_batch_inputs_normalise(stores):
     torch.testing.assert_close(out["depth"][1, 0], batch["depth"][1].float())
 
 
-EXIT_SCRIPT = """
-import sys
+# A child process's loader set-up; `unguarded` switches one of the worker guards off.
+SCRIPT_HEAD = """
+import os, signal, sys, time
 sys.path.insert(0, {tests!r})
+from multiprocessing import forkserver
 from pathlib import Path
 from train_fixtures import random_store
 from pdfnet_pipeline import workers
 from pdfnet_pipeline.data.dataset import DataConfig, ShardSampler, StoreDataset, make_loader
 if {unguarded!r}:
-    workers.kill_shielded_at_exit = lambda: None
+    setattr(workers, {guard!r}, lambda: None)
+"""
+
+EXIT_SCRIPT = (
+    SCRIPT_HEAD
+    + """
 if __name__ == "__main__":
     ds = StoreDataset([random_store(Path({tmp!r}) / "s.zarr", n=4, size=32)], train=False)
     loader = make_loader(ds, ShardSampler(len(ds)), DataConfig(workers=2), batch_size=1)
     batch = next(iter(loader))  # persistent workers stay up, referenced by the loader
     print("got", batch["id"], flush=True)
 """
+)
+
+
+def _script(tmp_path, text: str, unguarded: bool, guard: str):
+    from pathlib import Path
+
+    script = tmp_path / "run.py"
+    script.write_text(
+        text.format(tests=str(Path(__file__).parent), tmp=str(tmp_path), unguarded=unguarded, guard=guard)
+    )
+    return script
 
 
 @pytest.mark.parametrize("unguarded", [False, True])
@@ -189,10 +207,8 @@ def test_a_process_exits_with_its_loader_still_alive(tmp_path, unguarded):
     import signal
     import subprocess
     import sys
-    from pathlib import Path
 
-    script = tmp_path / "run.py"
-    script.write_text(EXIT_SCRIPT.format(tests=str(Path(__file__).parent), tmp=str(tmp_path), unguarded=unguarded))
+    script = _script(tmp_path, EXIT_SCRIPT, unguarded, "kill_shielded_at_exit")
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, start_new_session=True)
     try:
         first = proc.stdout.readline()  # the batch arrived; what is left is the exit
@@ -208,16 +224,9 @@ def test_a_process_exits_with_its_loader_still_alive(tmp_path, unguarded):
     assert ended is not unguarded
 
 
-SIGTERM_SCRIPT = """
-import os, signal, sys, time
-sys.path.insert(0, {tests!r})
-from multiprocessing import forkserver
-from pathlib import Path
-from train_fixtures import random_store
-from pdfnet_pipeline import workers
-from pdfnet_pipeline.data.dataset import DataConfig, ShardSampler, StoreDataset, make_loader
-if {unguarded!r}:
-    workers._start_forkserver_shielded = lambda: None
+SIGTERM_SCRIPT = (
+    SCRIPT_HEAD
+    + """
 if __name__ == "__main__":
     ds = StoreDataset([random_store(Path({tmp!r}) / "s.zarr", n=8, size=32)], train=False)
     it = iter(make_loader(ds, ShardSampler(len(ds)), DataConfig(workers=1), batch_size=1))
@@ -230,6 +239,7 @@ if __name__ == "__main__":
         print("error:", err)
     print("ids:", " ".join(ids))
 """
+)
 
 
 @pytest.mark.parametrize("unguarded", [False, True])
@@ -239,10 +249,8 @@ def test_workers_outlive_a_sigterm_to_the_forkserver(tmp_path, unguarded):
     the loader fails with "exited unexpectedly": the CI failure this test pins down."""
     import subprocess
     import sys
-    from pathlib import Path
 
-    script = tmp_path / "run.py"
-    script.write_text(SIGTERM_SCRIPT.format(tests=str(Path(__file__).parent), tmp=str(tmp_path), unguarded=unguarded))
+    script = _script(tmp_path, SIGTERM_SCRIPT, unguarded, "_start_forkserver_shielded")
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=180).stdout
     if unguarded:
         assert "exited unexpectedly" in out, out
