@@ -69,3 +69,24 @@ def _kill_daemonic_children() -> None:
     for child in multiprocessing.active_children():
         if child.daemon:  # DataLoader workers; pools' non-daemonic workers are shut down by them
             child.kill()
+
+
+def keep_freed_memory(limit_mb: int = 512) -> bool:
+    """Let this process reuse the memory it frees instead of handing it back to the kernel.
+
+    A training sample allocates ~30 MB of short-lived 1024² arrays (PIL's image blocks, OpenCV's
+    outputs, decoded chunks). glibc returns big freed blocks to the kernel, so every sample
+    faulted its memory in afresh: measured on the training sample here, 1,750-2,230 page faults
+    and 52-58 ms per sample by default, 4-34 faults and 46 ms with the heap keeping up to
+    `limit_mb` freed. glibc only (the Linux default); elsewhere a no-op that returns False."""
+    import ctypes
+    import ctypes.util
+
+    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's mallopt parameter numbers
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        mallopt = libc.mallopt
+    except (OSError, AttributeError, TypeError):
+        return False
+    # 32 MB is the largest mmap threshold glibc accepts on 64-bit (HEAP_MAX_SIZE / 2).
+    return bool(mallopt(m_mmap_threshold, 32 << 20)) and bool(mallopt(m_trim_threshold, limit_mb << 20))

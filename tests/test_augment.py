@@ -178,3 +178,61 @@ def test_normalize_image_constants_cached_per_device_and_values_unchanged():
     # other constants (given as lists) are their own entry
     out = A.normalize_image(x, mean=[0.5, 0.5, 0.5], std=[0.5, 0.5, 0.5])
     assert torch.equal(out, (xf - 127.5) / 127.5)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [A.AugParams(angle=17.0), A.AugParams(flip=True, angle=-23.0, crop_hw=(280, 290)), A.AugParams(crop_hw=(271, 299))],
+)
+def test_shared_warps_give_each_array_its_own_warp(params):
+    """Image + mask share one 4-channel warp, the float16 maps one float32 warp: the bytes must be
+    those of one warp per array (reference: OpenCV per array, numpy's float16 conversions)."""
+    import cv2
+
+    rng = np.random.default_rng(3)
+    n = 300
+    image = rng.integers(0, 256, (n, n, 3), dtype=np.uint8)
+    mask = rng.integers(0, 256, (n, n), dtype=np.uint8)
+    d1, d2 = (rng.random((n, n)).astype(np.float16) for _ in range(2))
+    f32 = rng.random((n, n)).astype(np.float32)  # another dtype: warped on its own
+    m = A.inverse_matrix(params, n)[:2]
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+
+    def ref(a):
+        work = a.astype(np.float32) if a.dtype == np.float16 else a
+        out = cv2.warpAffine(work, m, (n, n), flags=flags, borderMode=cv2.BORDER_REPLICATE)
+        return out.astype(a.dtype)
+
+    out = A.apply_geometry(params, [image, mask, d1, d2, f32])
+    for got, a in zip(out, [image, mask, d1, d2, f32]):
+        assert got.dtype == a.dtype and got.shape == a.shape and got.flags.c_contiguous
+        np.testing.assert_array_equal(got, ref(a))
+    # and the warp really moved things (a no-op would pass the dtype checks above)
+    assert np.abs(out[0].astype(int) - image).mean() > 20
+
+
+@pytest.mark.parametrize(
+    "factors", [(1.3, 0.7, 0.2, 2.5), (0.6, 1.4, 1.9, 0.1), (0.5, 1.5, 0.0, 3.0), (1.0, 1.0, 1.0, 1.0)]
+)
+def test_colour_enhance_is_pil_byte_for_byte(factors):
+    rng = np.random.default_rng(5)
+    image = rng.integers(0, 256, (97, 131, 3), dtype=np.uint8)
+    image[:40, :50] = rng.integers(100, 110, (40, 50, 3))  # a flat patch: smoothing keeps it
+    ref = Image.fromarray(image)
+    for enhancer, f in zip(
+        (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color, ImageEnhance.Sharpness), factors
+    ):
+        ref = enhancer(ref).enhance(f)
+    np.testing.assert_array_equal(A.apply_photometric(A.AugParams(enhance=factors), image), np.asarray(ref))
+
+
+def test_smoothing_is_pils_smooth_filter():
+    from PIL import ImageFilter
+
+    rng = np.random.default_rng(6)
+    noise = rng.integers(0, 256, (203, 157, 3), dtype=np.uint8)
+    binary = (rng.integers(0, 2, (64, 65, 3)) * 255).astype(np.uint8)  # extremes: sums at both ends
+    for image in (noise, binary):
+        ours = A.pil_smooth(image)
+        np.testing.assert_array_equal(ours, np.asarray(Image.fromarray(image).filter(ImageFilter.SMOOTH)))
+        assert (ours != image).mean() > 0.5  # it smooths (the border ring alone would be ~3%)

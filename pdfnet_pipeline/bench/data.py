@@ -7,24 +7,32 @@ full-resolution cv2 decode of the JPEG photo, the PNG mask and two 8-bit depth J
 photo's original size (the input map drawn among small/base/large, and large_1024 as supervision),
 each converted to float32 and resized bilinearly to 1024² on its own, then the augmentations
 applied to each array separately (flip, rotation + largest inscribed square + resize, centre crop +
-resize; PIL colour enhance and grayscale on the image). Ours: the depth stage's store (1024² uint8 /
-float16, one zstd chunk per sample per array) read by `StoreDataset`, one affine warp for all
-arrays. Same augmentation probabilities, same DataLoader settings (batch 1); the baseline's workers start with torch's default fork,
-ours from the project's forkserver (workers.context).
+resize; PIL ImageEnhance colour enhance and grayscale on the image), and torchvision's ToTensor +
+ImageNet Normalize of the image (spec/pipeline.md: the dataset normalises). Ours: the depth stage's
+store (1024² uint8 / float16, one compressed chunk per sample per array) read by `StoreDataset`,
+one affine warp for image + mask and one for the depth maps, the same colour bytes with a faster
+smoothing filter, uint8 / float16 to the device (normalised there). Same augmentation probabilities, same DataLoader settings (batch 1); the
+baseline's workers start with torch's default fork, ours from the project's forkserver
+(workers.context).
 
 Inputs at real DIS sizes: photos of 2-8 MP (a mix of 4:3, 3:2 and 16:9, portrait and landscape)
 made from the generated sample with photo-like noise so JPEG decoding costs what a photo costs;
 `distinct` of them cycle over `samples` entries (decode work per entry is unchanged).
 
 Reported, per configuration, with the order of the two paths shuffled each repeat: the whole
-epoch including DataLoader worker start-up (what an epoch of a fresh run costs), and the steady
-state (the next epoch on the persistent workers); min and median over the repeats.
+epoch including DataLoader worker start-up (our forkserver's too), and the steady state (the next
+epoch on the persistent workers); min and median over the repeats. Each measurement is a fresh
+process (imports and dataset construction untimed), as each epoch 0 of a real run is: in one
+process our forkserver, started once, would be free for every repeat after the first.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -58,6 +66,8 @@ class OfficialStyleDataset(Dataset):
     def __init__(self, root: Path, names: list[str], size: int, seed: int = 0) -> None:
         self.root, self.names, self.size, self.seed = root, names, size, seed
         self.cfg = aug.AugmentConfig()
+        self.mean = torch.tensor(aug.IMAGENET_MEAN).view(3, 1, 1)
+        self.std = torch.tensor(aug.IMAGENET_STD).view(3, 1, 1)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -98,13 +108,34 @@ class OfficialStyleDataset(Dataset):
         target = self._read(f"{name}_large_1024.jpg", True) / 255.0
         p = aug.sample_params(rng, self.cfg, self.size)
         image, mask, depth, target = (self._geometry(a, p) for a in (image, mask, depth, target))
-        image = aug.apply_photometric(p, np.clip(image, 0, 255).astype(np.uint8))
+        image = _pil_photometric(p, np.clip(image, 0, 255).astype(np.uint8))
+        # torchvision's ToTensor + Normalize(ImageNet), as the reference dataset returns its image
+        # (ours is normalised on the device); ToTensor also scales the mask to [0, 1].
+        image = torch.from_numpy(np.array(image)).permute(2, 0, 1).contiguous().float().div(255)
+        image = image.sub_(self.mean).div_(self.std)
         return {
-            "image": torch.from_numpy(np.array(image)),  # PIL's arrays are read-only
-            "mask": torch.from_numpy(np.ascontiguousarray(mask)),
+            "image": image,
+            "mask": torch.from_numpy(np.ascontiguousarray(mask)).div(255),
             "depth": torch.from_numpy(np.ascontiguousarray(depth, dtype=np.float32)),
             "depth_target": torch.from_numpy(np.ascontiguousarray(target, dtype=np.float32)),
         }
+
+
+def _pil_photometric(p: aug.AugParams, image: np.ndarray) -> np.ndarray:
+    """The official colour augmentation: PIL's ImageEnhance chain, then grayscale (ours gives the
+    same bytes with OpenCV's smoothing for sharpness; see augment.apply_photometric)."""
+    from PIL import Image, ImageEnhance
+
+    if p.enhance is None and not p.grayscale:
+        return image
+    pil = Image.fromarray(image)
+    if p.enhance is not None:
+        enhancers = (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color, ImageEnhance.Sharpness)
+        for enhancer, factor in zip(enhancers, p.enhance):
+            pil = enhancer(pil).enhance(factor)
+    if p.grayscale:
+        pil = pil.convert("L").convert("RGB")
+    return np.asarray(pil)
 
 
 def _photo(i: int, size: tuple[int, int], seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -179,6 +210,30 @@ def _epochs(dataset, cfg: Config, workers: int) -> tuple[float, float]:
     return rates[0], rates[1]
 
 
+def _measure(path: str, store_path: Path, files: Path, names: list[str], cfg: Config, workers: int):
+    """`_epochs` of one path in a fresh process."""
+    job = {"path": path, "store": str(store_path), "files": str(files), "names": names, "workers": workers}
+    job["config"] = {"size": cfg.size, "batch_size": cfg.batch_size, "seed": cfg.seed}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pdfnet_pipeline.bench.data", json.dumps(job)], capture_output=True, text=True
+    )
+    if proc.returncode:
+        raise RuntimeError(f"bench data: the {path} path failed: {proc.stderr[-2000:]}")
+    return tuple(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+def _main(job: dict) -> None:
+    import cv2
+
+    cv2.setNumThreads(1)  # see run()
+    cfg = Config(**job["config"])
+    if job["path"] == "ours":
+        dataset = StoreDataset([Path(job["store"])], train=True)
+    else:
+        dataset = OfficialStyleDataset(Path(job["files"]), job["names"], cfg.size, cfg.seed)
+    print(json.dumps(_epochs(dataset, cfg, job["workers"])))
+
+
 def run(cfg: Config) -> dict:
     import cv2
 
@@ -200,14 +255,14 @@ def run(cfg: Config) -> dict:
             f"{cfg.size}², batch {cfg.batch_size}, augmentations on, {os.cpu_count()} cores "
             f"(inputs built in {build_s:.0f} s)"
         )
-        for ds in paths.values():  # warm-up outside the timings: page cache, imports, first decode
+        for ds in paths.values():  # warm-up outside the timings: the page cache holds every input
             [ds[(0, i)] for i in range(min(len(ds), cfg.distinct))]
         order = np.random.default_rng(cfg.seed)
         for w in cfg.workers:
             runs = {k: [] for k in paths}
             for _ in range(cfg.repeats):
                 for name in order.permutation(list(paths)):  # unbiased order each repeat
-                    runs[name].append(_epochs(paths[name], cfg, w))
+                    runs[name].append(_measure(name, store_path, files, names, cfg, w))
             results[w] = {k: _summary(v) for k, v in runs.items()}
         _print(results)
     return results
@@ -236,3 +291,7 @@ def _print(results: dict) -> None:
             f"{w:>7} {'ratio':<9} {o['whole_median'] / b['whole_median']:>28.2f}x "
             f"{o['steady_median'] / b['steady_median']:>23.2f}x   (medians, ours / official)"
         )
+
+
+if __name__ == "__main__":  # one measurement in a fresh process: JSON (whole, steady) on stdout
+    _main(json.loads(sys.argv[1]))

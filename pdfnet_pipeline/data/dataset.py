@@ -134,8 +134,9 @@ class StoreDataset(Dataset):
 
 
 def _tensor(a: np.ndarray) -> torch.Tensor:
-    # PIL hands back read-only views; torch wants writable, contiguous memory.
-    if not (a.flags.writeable and a.flags.c_contiguous):
+    # PIL hands back read-only arrays, which torch must not share. Strided views (the augmentation's
+    # channels of one warped stack) are taken as they are: the batch collation copies them anyway.
+    if not a.flags.writeable:
         a = np.array(a, order="C")
     return torch.from_numpy(a)
 
@@ -186,6 +187,7 @@ def _worker_init(_: int) -> None:
     import cv2
 
     preempt.shield_worker()  # a job-wide SIGTERM is the main process's to handle
+    workers.keep_freed_memory()  # samples reuse the last one's pages instead of faulting in anew
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
 
