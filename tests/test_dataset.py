@@ -256,3 +256,24 @@ def test_workers_outlive_a_sigterm_to_the_forkserver(tmp_path, unguarded):
         assert "exited unexpectedly" in out, out
     else:
         assert "error" not in out and out.splitlines()[-1] == "ids: " + " ".join(f"s{i}" for i in range(8)), out
+
+
+EARLY = """
+import sys
+from pathlib import Path
+from pdfnet_pipeline.data.dataset import DataConfig, start_workers_early
+def server_children():
+    kids = " ".join(Path(t, "children").read_text() for t in Path("/proc/self/task").iterdir()).split()
+    return [k for k in kids if "forkserver" in Path(f"/proc/{k}/cmdline").read_bytes().decode(errors="replace")]
+start_workers_early(DataConfig(workers=int(sys.argv[1])))
+print(len(server_children()))
+"""
+
+
+@pytest.mark.parametrize("n_workers, servers", [(2, 1), (0, 0)])
+def test_the_trainer_can_start_the_worker_server_before_its_loaders(n_workers, servers):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", EARLY, str(n_workers)], capture_output=True, text=True, check=True)
+    assert int(out.stdout.strip()) == servers

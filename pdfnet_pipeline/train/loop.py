@@ -35,7 +35,7 @@ from PIL import Image, ImageDraw
 from pdfnet_pipeline import config as cfgmod
 from pdfnet_pipeline import preempt, provenance, runtime
 from pdfnet_pipeline.data.batch import batch_inputs
-from pdfnet_pipeline.data.dataset import EpochSampler, ShardSampler, StoreDataset, make_loader
+from pdfnet_pipeline.data.dataset import EpochSampler, ShardSampler, StoreDataset, make_loader, start_workers_early
 from pdfnet_pipeline.errors import UserError
 from pdfnet_pipeline.model.checkpoint import CheckpointError
 from pdfnet_pipeline.store import StoreReadError
@@ -470,6 +470,7 @@ def train(cfg: Config, model: torch.nn.Module | None = None) -> TrainResult:
     rt = runtime.init(cfg.device)
     try:
         with preempt.catch_stop_signals() as stop:
+            start_workers_early(cfg.data)  # the worker server imports while the model is built
             trainer = _setup(cfg, rt, model)
             trainer.stop = stop
             return _train(trainer)
