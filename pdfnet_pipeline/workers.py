@@ -16,8 +16,14 @@ from __future__ import annotations
 import atexit
 import functools
 import multiprocessing
+import os
 import signal
 from multiprocessing.context import BaseContext
+
+
+def default_workers() -> int:
+    """The cores this process may use (its CPU affinity, as under SLURM or taskset)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def context(preload: tuple[str, ...] = (), method: str = "forkserver") -> BaseContext:

@@ -246,7 +246,7 @@ def steady_state(pairs: list[tuple[Path, Path]], cfg: Config) -> dict[str, dict[
 
 
 def run(cfg: Config) -> dict:
-    from pdfnet_pipeline.eval.metrics import default_workers
+    from pdfnet_pipeline.workers import default_workers
 
     if cfg.tiny:
         cfg = Config(pairs=2, megapixels=[0.05, 0.05], repeats=1, workers=cfg.workers, steady_pairs=1, seed=cfg.seed)

@@ -36,6 +36,10 @@ def metrics(
     ] = False,
 ) -> None:
     """Evaluate prediction images against GT masks matched by file stem (Fmax Fw Em Sa MAE HCE)."""
+    from pdfnet_pipeline import workers as processes
+
+    if (workers or processes.default_workers()) > 1:  # the pool's server imports the metric modules
+        processes.context(preload=("pdfnet_pipeline.eval.metrics",))  # while this process does too
     from pdfnet_pipeline.eval.metrics import MetricsConfig, evaluate_pairs
     from pdfnet_pipeline.eval.metrics_io import match_dirs
     from pdfnet_pipeline.eval.report import markdown_table

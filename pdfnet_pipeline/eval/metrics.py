@@ -30,6 +30,7 @@ import numpy as np
 from pdfnet_pipeline.eval import metrics_core as core
 from pdfnet_pipeline.eval.metrics_hce import SkeletonCache, hce
 from pdfnet_pipeline.workers import context as workers_context
+from pdfnet_pipeline.workers import default_workers, keep_freed_memory
 
 ImageLike = np.ndarray | str | Path
 Pair = tuple[ImageLike, ImageLike, str]
@@ -190,10 +191,7 @@ def _measure_pair(pair: Pair, config: MetricsConfig, cache: SkeletonCache | None
 
 def _init_worker() -> None:
     cv2.setNumThreads(1)  # one image per process already fills the cores
-
-
-def default_workers() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    keep_freed_memory()  # an image's arrays reuse the last image's pages
 
 
 def _size(x: ImageLike) -> int:
@@ -217,6 +215,7 @@ def evaluate_pairs(
         raise ValueError("no prediction / GT pairs to evaluate")
     n = min(workers or default_workers(), len(pairs))
     if n <= 1:
+        keep_freed_memory()
         cache = cache if cache is not None else SkeletonCache(config.skeleton_cache)
         return Results.from_images([_measure_pair(p, config, cache) for p in pairs])
     # Workers fork from a server that imported the metrics modules once (no torch), and take
