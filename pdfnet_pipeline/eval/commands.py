@@ -40,6 +40,7 @@ def metrics(
 
     if (workers or processes.default_workers()) > 1:  # the pool's server imports the metric modules
         processes.context(preload=("pdfnet_pipeline.eval.metrics",))  # while this process does too
+    processes.keep_freed_memory()  # this process only measures images (in-process with 1 worker)
     from pdfnet_pipeline.eval.metrics import MetricsConfig, evaluate_pairs
     from pdfnet_pipeline.eval.metrics_io import match_dirs
     from pdfnet_pipeline.eval.report import markdown_table

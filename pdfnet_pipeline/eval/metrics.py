@@ -215,7 +215,6 @@ def evaluate_pairs(
         raise ValueError("no prediction / GT pairs to evaluate")
     n = min(workers or default_workers(), len(pairs))
     if n <= 1:
-        keep_freed_memory()
         cache = cache if cache is not None else SkeletonCache(config.skeleton_cache)
         return Results.from_images([_measure_pair(p, config, cache) for p in pairs])
     # Workers fork from a server that imported the metrics modules once (no torch), and take
