@@ -207,6 +207,8 @@ def test_shared_warps_give_each_array_its_own_warp(params):
     for got, a in zip(out, [image, mask, d1, d2, f32]):
         assert got.dtype == a.dtype and got.shape == a.shape and got.flags.c_contiguous
         np.testing.assert_array_equal(got, ref(a))
+    for alone in (image, d1):  # an array on its own: no stack
+        np.testing.assert_array_equal(A.apply_geometry(params, [alone])[0], ref(alone))
     # and the warp really moved things (a no-op would pass the dtype checks above)
     assert np.abs(out[0].astype(int) - image).mean() > 20
 

@@ -119,8 +119,10 @@ def _warp_stacked(arrays: list[np.ndarray], m: np.ndarray, size: int) -> list[np
     limit). The interpolation weights depend on the pixel, not on the channel count, so each array
     gets the bytes its own warp would give (tested), for one coordinate pass instead of one each:
     image + mask and the depth maps cost two warps instead of four."""
-    planes = [p for a in arrays for p in ([a] if a.ndim == 2 else cv2.split(a))]
-    stack = planes[0] if len(planes) == 1 else cv2.merge(planes)
+    if len(arrays) == 1:
+        stack = arrays[0]
+    else:
+        stack = cv2.merge([p for a in arrays for p in ([a] if a.ndim == 2 else cv2.split(a))])
     half = stack.dtype == np.float16
     if half:  # OpenCV has no float16 warp; F16C conversions (numpy's astype is ~10x slower)
         stack = cv2.convertFp16(stack.view(np.int16))
