@@ -18,7 +18,13 @@ import functools
 import multiprocessing
 import os
 import signal
+import warnings
 from multiprocessing.context import BaseContext
+
+# Run as `python -m pdfnet_pipeline.cli` (or torchrun -m), each worker re-runs the CLI as its main
+# module, which the forkserver has already imported (on purpose, see above); runpy then warns once
+# per worker. Every forkserver of the project imports this module, and its workers inherit the filter.
+warnings.filterwarnings("ignore", r"'pdfnet_pipeline\.cli' found in sys\.modules", RuntimeWarning)
 
 
 def default_workers() -> int:

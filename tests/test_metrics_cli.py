@@ -60,3 +60,16 @@ def test_match_dirs_rejects_duplicate_stems(tmp_path):
     shutil.copy(FIXTURE / "preds" / "0001.png", tmp_path / "a.jpg")
     with pytest.raises(ValueError, match="share the stem 'a'"):
         match_dirs(tmp_path, FIXTURE / "masks")
+
+
+def test_module_run_with_a_pool_prints_no_runpy_warning(tmp_path):
+    """`python -m pdfnet_pipeline.cli metrics --workers 2`: each worker re-runs the main module,
+    which its forkserver has already imported; runpy's warning about that is noise, not news."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "pdfnet_pipeline.cli", "metrics", "--pred", str(FIXTURE / "preds")]
+    cmd += ["--gt", str(FIXTURE / "masks"), "--workers", "2", "--no-skeleton-cache"]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    assert "GT masks evaluated" in out.stdout
+    assert "found in sys.modules" not in out.stderr, out.stderr
