@@ -21,6 +21,8 @@ import signal
 import warnings
 from multiprocessing.context import BaseContext
 
+from pdfnet_pipeline.preempt import STOP_SIGNALS
+
 # Run as `python -m pdfnet_pipeline.cli` (or torchrun -m), each worker re-runs the CLI as its main
 # module, which the forkserver has already imported (on purpose, see above); runpy then warns once
 # per worker. Every forkserver of the project imports this module, and its workers inherit the filter.
@@ -58,8 +60,7 @@ def _start_forkserver_shielded() -> None:
     # The resource tracker's start unblocks SIGTERM in this thread (its own bpo-33613 guard): start
     # it first, so the forkserver's start below finds it running and leaves the mask alone.
     resource_tracker.ensure_running()
-    stop = {signal.SIGTERM, signal.SIGUSR1}  # preempt.STOP_SIGNALS
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, stop)
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
         forkserver.ensure_running()
     finally:
@@ -92,13 +93,11 @@ def keep_freed_memory(limit_mb: int = 512) -> bool:
     and 52-58 ms per sample by default, 4-34 faults and 46 ms with the heap keeping up to
     `limit_mb` freed. glibc only (the Linux default); elsewhere a no-op that returns False."""
     import ctypes
-    import ctypes.util
 
     m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's mallopt parameter numbers
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"))
-        mallopt = libc.mallopt
-    except (OSError, AttributeError, TypeError):
+        mallopt = ctypes.CDLL(None).mallopt  # this process's C library (no library search)
+    except (OSError, AttributeError):
         return False
     # 32 MB is the largest mmap threshold glibc accepts on 64-bit (HEAP_MAX_SIZE / 2).
     return bool(mallopt(m_mmap_threshold, 32 << 20)) and bool(mallopt(m_trim_threshold, limit_mb << 20))

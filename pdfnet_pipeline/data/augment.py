@@ -135,24 +135,27 @@ def _warp_stacked(arrays: list[np.ndarray], m: np.ndarray, size: int) -> list[np
     # stack cost PIL 16 ms to read.
     planes, out = list(cv2.split(warped)), []
     for a in arrays:
-        c = 1 if a.ndim == 2 else a.shape[2]
-        out.append(planes[0] if a.ndim == 2 else cv2.merge(planes[:c]))
-        planes = planes[c:]
+        out.append(planes[0] if a.ndim == 2 else cv2.merge(planes[: _channels(a)]))
+        planes = planes[_channels(a) :]
     return out
 
 
+def _channels(a: np.ndarray) -> int:
+    return 1 if a.ndim == 2 else a.shape[2]
+
+
 def _stacks(arrays: list[np.ndarray]) -> list[list[int]]:
-    """Indices of `arrays` grouped by dtype into stacks of at most 4 channels, in order."""
-    stacks: list[list[int]] = []
-    open_: dict = {}  # dtype -> (stack, channels used)
-    for i, a in enumerate(arrays):
-        c = 1 if a.ndim == 2 else a.shape[2]
-        stack, used = open_.get(a.dtype, (None, 0))
-        if stack is None or used + c > 4:
-            stack, used = [], 0
-            stacks.append(stack)
-        stack.append(i)
-        open_[a.dtype] = (stack, used + c)
+    """Indices of `arrays` grouped by dtype, each group cut into stacks of at most 4 channels."""
+    stacks = []
+    for dtype in dict.fromkeys(a.dtype for a in arrays):
+        stack, used = [], 0
+        for i in (i for i, a in enumerate(arrays) if a.dtype == dtype):
+            if stack and used + _channels(arrays[i]) > 4:
+                stacks.append(stack)
+                stack, used = [], 0
+            stack.append(i)
+            used += _channels(arrays[i])
+        stacks.append(stack)
     return stacks
 
 

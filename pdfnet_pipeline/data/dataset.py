@@ -134,9 +134,8 @@ class StoreDataset(Dataset):
 
 
 def _tensor(a: np.ndarray) -> torch.Tensor:
-    # PIL hands back read-only arrays, which torch must not share. Strided views (the augmentation's
-    # channels of one warped stack) are taken as they are: the batch collation copies them anyway.
-    if not a.flags.writeable:
+    # PIL hands back read-only views; torch wants writable, contiguous memory.
+    if not (a.flags.writeable and a.flags.c_contiguous):
         a = np.array(a, order="C")
     return torch.from_numpy(a)
 
@@ -196,8 +195,8 @@ def start_workers_early(cfg: DataConfig) -> None:
     """Start the forkserver that make_loader's workers fork from, now: it returns at once, and the
     server's imports (torch, ~2 s here) then overlap with whatever the caller does next (the
     trainer builds its model) instead of delaying the first batch."""
-    if cfg.workers > 0 and cfg.start_method == "forkserver":
-        workers.context((__name__,), cfg.start_method)
+    if cfg.workers > 0:
+        workers.context((__name__,), cfg.start_method)  # starts a server for "forkserver" only
 
 
 def make_loader(
