@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from pdfnet_pipeline.errors import UserError
+from pdfnet_pipeline.store_chunks import ChunkReader
 
 SCHEMA_VERSION = 1
 # Array names: the layout's only spelling. Other modules use these constants and Store's methods.
@@ -276,12 +277,13 @@ class Store:
             self._handles = {}
         return self._group
 
-    def _array(self, name: str):
-        """The array `name`, opened once per process: a sample read is 4-5 arrays, and opening
-        each anew cost ~0.7 ms of metadata read and parse (a third of a sample's decode)."""
+    def _array(self, name: str) -> tuple:
+        """(array, ChunkReader or None) of `name`, opened once per process: a sample read is 4-5
+        arrays, and opening each anew cost ~0.7 ms of metadata read and parse."""
         g = self.group  # first, so that a new process drops its parent's handles
         if name not in self._handles:
-            self._handles[name] = g[name]
+            array = g[name]
+            self._handles[name] = (array, ChunkReader.of(array))
         return self._handles[name]
 
     # -- what it holds
@@ -332,13 +334,14 @@ class Store:
         """Image, mask and the depth `maps` of sample `row`; StoreReadError names a chunk that does
         not decode."""
         names = [IMAGE, MASK, *[f"{DEPTH}/{m}" for m in maps]]
-        arrays = [self._array(name) for name in names]  # a missing array is refused at open time, not damage
-        values = [self._read(name, array, row) for name, array in zip(names, arrays)]
+        handles = [self._array(name) for name in names]  # a missing array is refused at open time, not damage
+        values = [self._read(name, *handle, row) for name, handle in zip(names, handles)]
         return Sample(values[0], values[1], dict(zip(maps, values[2:])))
 
-    def _read(self, name: str, array, row: int) -> np.ndarray:
+    def _read(self, name: str, array, reader: ChunkReader | None, row: int) -> np.ndarray:
         try:
-            return array[row]
+            value = reader.read(row) if reader is not None else None
+            return array[row] if value is None else value
         except Exception as err:  # blosc RuntimeError, crc32c ValueError, EIO OSError: all damage here
             raise StoreReadError(
                 f"{self.path}: sample {row} ({self._id(row)}): {name} does not decode "
