@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from pdfnet_pipeline.errors import UserError
-from pdfnet_pipeline.store_chunks import ChunkReader
+from pdfnet_pipeline.store_chunks import ChunkReader, read_row
 
 SCHEMA_VERSION = 1
 # Array names: the layout's only spelling. Other modules use these constants and Store's methods.
@@ -340,8 +340,7 @@ class Store:
 
     def _read(self, name: str, array, reader: ChunkReader | None, row: int) -> np.ndarray:
         try:
-            value = reader.read(row) if reader is not None else None
-            return array[row] if value is None else value
+            return read_row(array, reader, row)
         except Exception as err:  # blosc RuntimeError, crc32c ValueError, EIO OSError: all damage here
             raise StoreReadError(
                 f"{self.path}: sample {row} ({self._id(row)}): {name} does not decode "
@@ -483,7 +482,7 @@ def _check_sample(path: Path, arrays: dict, row: int) -> list[str]:
             problems.append(f"{name}: chunk file {array.path}/{key} missing")
             continue
         try:
-            value = array[row]
+            value = read_row(array, ChunkReader.of(array), row)  # the read the trainer does
         except Exception as err:
             problems.append(f"{name}: does not decode ({type(err).__name__}: {err})")
             continue

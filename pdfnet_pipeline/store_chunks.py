@@ -84,3 +84,9 @@ class ChunkReader:
             )
         blosc.decompress(body, out)  # raises RuntimeError on a frame that does not decode
         return out
+
+
+def read_row(array, reader: ChunkReader | None, row: int) -> np.ndarray:
+    """Sample `row` of a zarr array: directly where `reader` takes it, else through zarr."""
+    value = reader.read(row) if reader is not None else None
+    return array[row] if value is None else value

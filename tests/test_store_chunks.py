@@ -86,3 +86,10 @@ def test_damaged_and_missing_chunks(tmp_path):
         store.StoreReadError, match=r"sample 1 \(s1\): mask does not decode \(RuntimeError: blosc frame of 40"
     ):
         st.sample(1, ())
+    # verify names what the trainer would hit: the checksum, the cut frame and the missing file
+    got = {b.row: b.problems for b in store.verify(path).bad}
+    assert got[0][0].startswith("image: does not decode (ValueError: Stored and computed checksum")
+    assert got[1] == [
+        "mask: does not decode (RuntimeError: blosc frame of 40 bytes says 272 bytes holding 256; the chunk holds 256)"
+    ]
+    assert got[2] == ["depth/base: chunk file depth/base/c/2/0/0 missing"]
