@@ -13,6 +13,7 @@ reads as the fill value) returns None and the caller reads through zarr.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +23,7 @@ import numpy as np
 @dataclass(frozen=True)
 class ChunkReader:
     folder: Path  # the array's folder on disk
-    encode_key: object  # metadata.encode_chunk_key
+    encode_key: Callable[[tuple[int, ...]], str]  # zarr's metadata.encode_chunk_key
     chunk_shape: tuple[int, ...]
     dtype: np.dtype
     checksum: bool  # the last codec is CRC32C
@@ -35,7 +36,7 @@ class ChunkReader:
             from zarr.storage import LocalStore
 
             meta = array.metadata
-            if array.metadata.zarr_format != 3 or not isinstance(array.store, LocalStore):
+            if meta.zarr_format != 3 or not isinstance(array.store, LocalStore):
                 return None
             shape, chunks = tuple(meta.shape), tuple(meta.chunk_grid.chunk_shape)
             codecs = list(meta.codecs)
