@@ -465,8 +465,9 @@ def _check_store(st: Store, threads: int, progress: bool) -> VerifyReport:
         report.layout.append(f"ids, done or orig_size do not decode ({type(err).__name__}: {err})")
         return report
     report.checksums = all(any(type(c).__name__ == "Crc32cCodec" for c in a.metadata.codecs) for a in arrays.values())
+    readers = {name: ChunkReader.of(array) for name, array in arrays.items()}  # the reads the trainer does
     with ThreadPoolExecutor(max(1, threads)) as pool:  # decoding releases the GIL
-        checks = pool.map(lambda row: _check_sample(st.path, arrays, int(row)), rows)
+        checks = pool.map(lambda row: _check_sample(st.path, arrays, readers, int(row)), rows)
         for row, problems in zip(rows, tqdm(checks, total=len(rows), desc="verify", disable=not progress)):
             if problems:
                 report.bad.append(BadSample(int(row), ids[row], problems))
@@ -474,7 +475,7 @@ def _check_store(st: Store, threads: int, progress: bool) -> VerifyReport:
     return report
 
 
-def _check_sample(path: Path, arrays: dict, row: int) -> list[str]:
+def _check_sample(path: Path, arrays: dict, readers: dict, row: int) -> list[str]:
     problems = []
     for name, array in arrays.items():
         key = array.metadata.encode_chunk_key((row,) + (0,) * (array.ndim - 1))
@@ -482,7 +483,7 @@ def _check_sample(path: Path, arrays: dict, row: int) -> list[str]:
             problems.append(f"{name}: chunk file {array.path}/{key} missing")
             continue
         try:
-            value = read_row(array, ChunkReader.of(array), row)  # the read the trainer does
+            value = read_row(array, readers[name], row)
         except Exception as err:
             problems.append(f"{name}: does not decode ({type(err).__name__}: {err})")
             continue
