@@ -263,8 +263,19 @@ import sys
 from pathlib import Path
 from pdfnet_pipeline.data.dataset import DataConfig, start_workers_early
 def server_children():
-    kids = " ".join(Path(t, "children").read_text() for t in Path("/proc/self/task").iterdir()).split()
-    return [k for k in kids if "forkserver" in Path(f"/proc/{k}/cmdline").read_bytes().decode(errors="replace")]
+    # every process whose parent is this one (/proc/PID/task/*/children may miss a child that was
+    # just created), that runs multiprocessing's forkserver
+    import os
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            cmd = Path(stat.parent, "cmdline").read_bytes().decode(errors="replace")
+        except (OSError, IndexError, ValueError):  # a process that ended meanwhile
+            continue
+        if ppid == os.getpid() and "forkserver" in cmd:
+            kids.append(stat.parent.name)
+    return kids
 start_workers_early(DataConfig(workers=int(sys.argv[1])))
 print(len(server_children()))
 """
