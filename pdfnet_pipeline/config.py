@@ -78,10 +78,24 @@ def load_stage_dict(
     raw = tomllib.loads(stage_file(name, stages_dir).read_text())
     profiles = raw.pop("profiles", {})
     if profile:
-        if profile not in profiles:
-            raise ConfigError(f"stage {name!r} has no profile {profile!r} (profiles: {', '.join(sorted(profiles))})")
-        raw = deep_merge(raw, profiles[profile])
+        raw = deep_merge(raw, resolve_profile(name, profiles, profile))
     return apply_overrides(raw, list(overrides))
+
+
+def resolve_profile(stage: str, profiles: dict, profile: str, chain: tuple[str, ...] = ()) -> dict:
+    """A profile's settings; `extends = "other"` starts from another profile of the same stage (the
+    demo recipe is the smoke profile's tiny models plus its own training settings)."""
+    if profile not in profiles:
+        raise ConfigError(f"stage {stage!r} has no profile {profile!r} (profiles: {', '.join(sorted(profiles))})")
+    if profile in chain:
+        raise ConfigError(f"stage {stage!r}: profiles extend each other in a cycle: {' -> '.join((*chain, profile))}")
+    settings = dict(profiles[profile])
+    base = settings.pop("extends", None)
+    if base is None:
+        return settings
+    if not isinstance(base, str):
+        raise ConfigError(f"stage {stage!r}, profile {profile!r}: extends must name a profile, got {base!r}")
+    return deep_merge(resolve_profile(stage, profiles, base, (*chain, profile)), settings)
 
 
 def _check_scalar(tp: Any, value: Any, where: str) -> Any:

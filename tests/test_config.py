@@ -58,3 +58,21 @@ def test_stage_file_profiles(tmp_path):
         load_stage_dict("s", "fast", stages_dir=tmp_path)
     with pytest.raises(ConfigError, match="no stage 'nope'"):
         load_stage_dict("nope", stages_dir=tmp_path)
+
+
+def test_a_profile_extends_another(tmp_path):
+    (tmp_path / "s.toml").write_text(
+        "lr = 1e-5\nepochs = 100\n[inner]\nsize = 1024\nside = 3\n"
+        "[profiles.smoke]\nepochs = 3\n[profiles.smoke.inner]\nsize = 64\n"
+        '[profiles.demo]\nextends = "smoke"\nlr = 1e-3\n[profiles.demo.inner]\nside = 5\n'
+        '[profiles.a]\nextends = "b"\n[profiles.b]\nextends = "a"\n[profiles.c]\nextends = "gone"\n'
+    )
+    assert load_stage_dict("s", "demo", stages_dir=tmp_path) == {
+        "lr": 1e-3,
+        "epochs": 3,
+        "inner": {"size": 64, "side": 5},
+    }
+    with pytest.raises(ConfigError, match="in a cycle: a -> b -> a"):
+        load_stage_dict("s", "a", stages_dir=tmp_path)
+    with pytest.raises(ConfigError, match="no profile 'gone'"):
+        load_stage_dict("s", "c", stages_dir=tmp_path)

@@ -151,12 +151,29 @@ def make_sample(seed: int, split: str, index: int) -> tuple[np.ndarray, np.ndarr
     return image, (mask * 255).astype(np.uint8), kind
 
 
-def generate_sample(out: Path | str, per_split: int = 3, seed: int = 0, train: int = 8) -> list[Path]:
+STYLES = ("photo", "demo", "holdout")
+
+
+def make_styled(style: str, seed: int, split: str, index: int) -> tuple[np.ndarray, np.ndarray, str]:
+    """One (image, mask, kind) of a style: "photo" (this module's ~1 MP scenes, what the benchmarks
+    need), "demo" or "holdout" (scenes.py: small scenes a tiny model learns in minutes)."""
+    if style == "photo":
+        return make_sample(seed, split, index)
+    from pdfnet_pipeline.data.scenes import make_scene
+
+    return make_scene(style, seed, split, index)
+
+
+def generate_sample(
+    out: Path | str, per_split: int = 3, seed: int = 0, train: int = 8, style: str = "photo"
+) -> list[Path]:
     """Write OUT/<split>/im/*.jpg + gt/*.png for the six DIS-5K splits; returns the image paths.
 
     `train` images go to DIS-TR, `per_split` to each of DIS-VD and DIS-TE1..4. Existing files
     are overwritten with identical bytes (the generator is deterministic).
     """
+    if style not in STYLES:
+        raise ValueError(f"unknown sample style {style!r}; choose one of {', '.join(STYLES)}")
     out = Path(out)
     written = []
     for split in DIS_SPLITS:
@@ -164,7 +181,7 @@ def generate_sample(out: Path | str, per_split: int = 3, seed: int = 0, train: i
         (out / split / "im").mkdir(parents=True, exist_ok=True)
         (out / split / "gt").mkdir(parents=True, exist_ok=True)
         for i in range(count):
-            image, mask, kind = make_sample(seed, split, i)
+            image, mask, kind = make_styled(style, seed, split, i)
             stem = f"gen-{split}-{i:03d}-{kind}"
             Image.fromarray(image).save(out / split / "im" / f"{stem}.jpg", quality=95)
             Image.fromarray(mask).save(out / split / "gt" / f"{stem}.png", optimize=True)
