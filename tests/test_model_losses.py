@@ -198,3 +198,25 @@ def test_loss_constants_are_made_once_per_device_and_dtype_with_unchanged_values
     c1, c2 = 0.01**2, 0.03**2
     want = ((2 * mu * mu2 + c1) * (2 * s12 + c2)) / ((mu * mu + mu2 * mu2 + c1) * (s11 + s22 + c2))
     assert torch.equal(losses.ssim_map(x, y), want)
+
+
+def test_blur_backward_is_the_adjoint_of_its_forward():
+    """SSIM's blur runs its own backward (the correlation's adjoint, ~3x faster on the CPU):
+    the forward is F.conv2d's bit for bit, the gradient autograd's to float rounding."""
+    from pdfnet_pipeline.model import losses
+    from pdfnet_pipeline.model.losses import _Blur
+
+    torch.manual_seed(0)
+    win = losses.gaussian_window(11, 1.5).expand(2, 1, 11, 11)
+    x = torch.rand(3, 2, 48, 40, requires_grad=True)
+    grad = torch.randn(3, 2, 48, 40)
+    ours = _Blur.apply(x, win)
+    want = torch.nn.functional.conv2d(x, win, padding=5, groups=2)
+    assert torch.equal(ours, want)
+    (g_ours,) = torch.autograd.grad(ours, x, grad)
+    (g_want,) = torch.autograd.grad(want, x, grad)
+    torch.testing.assert_close(g_ours, g_want, rtol=1e-5, atol=1e-6)
+    x64 = torch.rand(1, 1, 20, 17, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda t: _Blur.apply(t, losses.gaussian_window(11, 1.5, dtype=torch.float64)), (x64,)
+    )
