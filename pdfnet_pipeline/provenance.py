@@ -1,5 +1,8 @@
 """Is this run's output meaningful? Random DAM weights or a random PDFNet init say it is not,
-and every place that shows results (training strips, eval table, curves, sheets) says so."""
+and every place that shows results (training strips, eval table, curves, sheets, predict) says so.
+
+Also what a trained model file records about its inputs (`trained_depth`): the depth settings of
+its training stores, read through the store's reader, so predict computes the same depth map."""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ from pathlib import Path
 
 
 def random_weight_reasons(stores: list[Path], model: dict, init_from: str = "") -> list[str]:
-    """Why the numbers mean nothing, if they don't (empty list: real weights throughout)."""
+    """Why the numbers do not measure a trained PDFNet, if they don't (empty: real weights throughout)."""
     from pdfnet_pipeline.store import open_read
 
     reasons = set()
@@ -22,4 +25,42 @@ def random_weight_reasons(stores: list[Path], model: dict, init_from: str = "") 
 
 
 def random_label(reasons: list[str]) -> str | None:
-    return ("RANDOM-WEIGHT RUN: " + "; ".join(reasons) + " - these numbers measure nothing") if reasons else None
+    if not reasons:
+        return None
+    return (
+        "RANDOM-WEIGHT RUN: "
+        + "; ".join(reasons)
+        + ": the numbers measure learning on this data, not a trained PDFNet on DIS-5K"
+    )
+
+
+def trained_depth(stores: list[Path], model: dict, init_from: str = ""):
+    """The `model.checkpoint.DepthSettings` a model trained on `stores` records: the DAM v2 model
+    and input mode of the map that validation, eval and predict feed it (`data.dataset.VAL_DEPTH`),
+    and the store side. None when the stores lack those records or disagree on them (the file then
+    records nothing, and predict uses its defaults or flags)."""
+    from pdfnet_pipeline.data.dataset import VAL_DEPTH
+    from pdfnet_pipeline.depth.stage import recorded_settings
+    from pdfnet_pipeline.model.checkpoint import DepthSettings
+    from pdfnet_pipeline.store import open_read
+
+    found = [recorded_settings(open_read(path), VAL_DEPTH) for path in stores]
+    if not found or any(f is None or f != found[0] for f in found):
+        return None
+    random_init = model.get("backbone_weights", "random") == "random" and not init_from
+    return DepthSettings(**found[0], pdfnet_random_init=random_init)
+
+
+def predict_warning(dam_arch: str, dam_random: bool, preset: str, trained) -> str | None:
+    """The one line predict prints when a model in the way has random weights (None: neither).
+    `trained`: the checkpoint's recorded `DepthSettings` (None: not recorded)."""
+    parts = []
+    if dam_random:
+        parts.append(f"depth: DAM v2 {dam_arch} with random weights")
+    if trained is not None and (trained.pdfnet_random_init or trained.weights == "random"):
+        init = "trained from random init" if trained.pdfnet_random_init else "trained"
+        data = " on depth maps of a random-weight DAM v2" if trained.weights == "random" else ""
+        parts.append(f"PDFNet {preset} preset {init}{data}")
+    if not parts:
+        return None
+    return "RANDOM-WEIGHT MODELS: " + "; ".join(parts) + ": these masks show the pipeline, not a trained PDFNet"

@@ -23,8 +23,8 @@ class Segmenter:
         cls,
         checkpoint: str | Path,
         *,
-        depth_weights: str = "hub",
-        depth_arch: str = "large",
+        depth_weights: str | None = None,
+        depth_arch: str | None = None,
         size: int | None = None,
         tta: bool = False,
         device: str = "auto",
@@ -34,7 +34,10 @@ class Segmenter:
         """`checkpoint`: a project .safetensors file, a `save_pretrained` folder or a Hub id (or,
         with `backend="onnx"`, an exported .onnx file). `depth_weights`: "hub" (the official DAM v2
         id for `depth_arch`), a hub id, a local folder, or "random" (shows the pipeline only).
-        `options` go to `eval.predict.Predictor` (dam_input_size, dam_aspect, precision, compile)."""
+        Left None, `depth_weights`, `depth_arch`, `size` and the DAM input options default to the
+        settings the checkpoint was trained with (recorded in its model file), else DAM v2 large
+        from the Hub at 518 and a 1024 network side. `options` go to `eval.predict.Predictor`
+        (dam_input_size, dam_aspect, dam_posemb, precision, compile)."""
         from pdfnet_pipeline.eval.predict import Predictor
 
         predictor = Predictor(
@@ -45,6 +48,7 @@ class Segmenter:
             tta=tta,
             device=device,
             backend=backend,
+            weights_hint='depth_weights="{}"',
             **options,
         )
         return cls(predictor)
@@ -53,6 +57,12 @@ class Segmenter:
     def random_depth(self) -> bool:
         """True when the depth model has random weights: masks then show the pipeline, not PDFNet."""
         return self.predictor.random
+
+    @property
+    def warning(self) -> str | None:
+        """Which model in the way has random weights (DAM, or PDFNet trained from random init), as
+        `pdfnet-pipeline predict` prints it; None when neither has."""
+        return self.predictor.warning
 
     def predict(self, image: Image.Image | np.ndarray | str | Path) -> Image.Image:
         """The mask (0..255) of a PIL image, an H x W x 3 uint8 RGB array or an image file."""

@@ -297,6 +297,11 @@ class Store:
         return self.attrs.get("models", {})
 
     @property
+    def preprocessing(self) -> dict:
+        """How the maps were computed (aspect, input_side, posemb, ...: depth.stage.preprocessing)."""
+        return self.attrs.get("preprocessing", {})
+
+    @property
     def ids(self) -> list[str]:
         return [str(i) for i in self.group["ids"][:]]
 

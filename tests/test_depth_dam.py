@@ -239,3 +239,29 @@ def test_hub_weights_offline_give_a_clear_message():
     msg = str(info.value)
     assert "depth-anything/Depth-Anything-V2-Small-hf" in msg
     assert "huggingface-cli download" in msg and '"random"' in msg
+
+
+def test_unreachable_hub_fails_at_once_without_a_download_attempt(monkeypatch):
+    """Weights not cached + HF_HUB_OFFLINE: one cache lookup, no network call (whose retries took
+    29 s), and one line naming the caller's option."""
+    from transformers import DepthAnythingForDepthEstimation
+
+    calls = []
+
+    def from_pretrained(source, **kwargs):
+        calls.append(kwargs.get("local_files_only", False))
+        raise OSError("not cached")
+
+    monkeypatch.setattr(DepthAnythingForDepthEstimation, "from_pretrained", from_pretrained)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(dam.DamWeightsError) as info:
+        dam.load_dam("large", "hub", weights_hint="--dam-weights {}")
+    assert calls == [True]  # the cache only
+    assert str(info.value) == (
+        "cannot load DAM v2 large weights 'depth-anything/Depth-Anything-V2-Large-hf': not in the Hugging Face "
+        "cache, and HF_HUB_OFFLINE is set; pass --dam-weights DIR for a local copy (`huggingface-cli download "
+        "depth-anything/Depth-Anything-V2-Large-hf --local-dir DIR` on a machine with internet) or "
+        "--dam-weights random to just see the pipeline"
+    )
+    with pytest.raises(dam.DamWeightsError, match=r"^no official hub id for DAM v2 architecture 'tiny'; pass "):
+        dam.load_dam("tiny", "hub", weights_hint="--dam-weights {}")

@@ -161,3 +161,29 @@ def test_cli_info_and_convert(reference_pth, tmp_path):
     res = runner.invoke(app, ["model", "convert", str(reference_pth[0]), str(out), "--preset", "tiny"])
     assert res.exit_code == 0, res.output
     assert out.exists() and "tensors" in res.output
+
+
+def test_depth_settings_round_trip(tmp_path):
+    """A model file records the depth input it was trained on; a file without it reads as None and
+    predict's defaults are `DepthSettings()` (the paper's settings)."""
+    from safetensors import safe_open
+
+    from pdfnet_pipeline.model.checkpoint import DepthSettings, read_config, read_depth
+
+    torch.manual_seed(0)
+    model = build_pdfnet(PDFNetConfig(preset="tiny"))
+    depth = DepthSettings(arch="tiny", weights="random", seed=7, input_size=28, size=256, pdfnet_random_init=True)
+    save_model(model, tmp_path / "with.safetensors", depth)
+    save_model(model, tmp_path / "without.safetensors")
+    assert read_depth(tmp_path / "with.safetensors") == depth
+    with safe_open(str(tmp_path / "with.safetensors"), framework="pt") as f:
+        meta = f.metadata()
+    assert meta["size"] == "256" and json.loads(meta["depth"])["weights"] == "random"
+    assert read_depth(tmp_path / "without.safetensors") is None  # older files, converted releases
+    assert read_config(tmp_path / "with.safetensors") == read_config(tmp_path / "without.safetensors")
+    assert DepthSettings() == DepthSettings("large", "hub", None, 0, 518, "square", "official", "large", 1024)
+
+    loaded = load_model(tmp_path / "with.safetensors")  # carries it on: a re-save keeps the record
+    assert loaded.depth_settings == depth and load_model(tmp_path / "without.safetensors").depth_settings is None
+    save_model(loaded, tmp_path / "again.safetensors")
+    assert read_depth(tmp_path / "again.safetensors") == depth

@@ -100,5 +100,23 @@ def test_missing_hub_id_offline_names_the_id(tmp_path):
     assert res.stderr.startswith(
         "error: nobody/no-such-pdfnet: no such local checkpoint file or folder, and no Hugging"
     )
-    assert "Hub model of that id could be fetched (LocalEntryNotFoundError" in res.stderr
+    assert (
+        "Hub model of that id could be fetched (not in the Hugging Face cache, and HF_HUB_OFFLINE is set)" in res.stderr
+    )
     assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "m.onnx").exists()
+
+
+def test_save_pretrained_carries_the_depth_settings(model, tmp_path):
+    from pdfnet_pipeline.model.checkpoint import DepthSettings, read_depth
+
+    depth = DepthSettings(arch="tiny", weights="random", seed=2, input_size=252, size=256, pdfnet_random_init=True)
+    save_model(model, tmp_path / "m.safetensors", depth)
+    loaded = load_model(tmp_path / "m.safetensors")
+    loaded.save_pretrained(tmp_path / "folder")
+    config = json.loads((tmp_path / "folder" / "config.json").read_text())
+    assert config["depth"] == asdict(depth) and read_depth(tmp_path / "folder" / "model.safetensors") == depth
+    assert PDFNet.from_pretrained(tmp_path / "folder").depth_settings == depth
+    config["depth"]["seed"] = 3  # a hand-edited config.json must not mislead
+    (tmp_path / "folder" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"config.json disagrees with model.safetensors on depth"):
+        load_model(tmp_path / "folder")

@@ -207,3 +207,24 @@ def reference_layout_state(plain: "PlainSwin", spec: SwinSpec, donor: nn.Module)
     ref["IntegrityPriorLoss.sobel_x.weight"] = sobel
     ref["IntegrityPriorLoss.sobel_y.weight"] = sobel.transpose(-1, -2).contiguous()
     return ref
+
+
+def test_uncached_hub_weights_with_the_hub_unreachable_fail_at_once(monkeypatch, tmp_path):
+    """timm takes no local_files_only: with the Hub unreachable its download runs cache-only, and a
+    missing file is one error naming the setting, not a traceback after download retries."""
+    from huggingface_hub import constants
+
+    from pdfnet_pipeline.model import backbone
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))  # an empty cache
+    with pytest.raises(backbone.BackboneWeightsError) as info:
+        backbone._hub_state("swin_tiny_patch4_window7_224.ms_in1k")
+    assert str(info.value).startswith(
+        "cannot load the Swin ImageNet weights 'swin_tiny_patch4_window7_224.ms_in1k': not in the Hugging Face "
+        "cache, and HF_HUB_OFFLINE is set ("
+    )
+    assert str(info.value).endswith(
+        "); set model.backbone_weights to a local .pth / .safetensors file "
+        '(--set model.backbone_weights=\'"FILE"\'), or to "random" to just see the pipeline'
+    )

@@ -190,3 +190,21 @@ def test_overwrite_true_starts_clean(tmp_path, stores5):
     wa, wc = weights(run), weights(tmp_path / "clean")
     assert all(torch.equal(wa[k], wc[k]) for k in wc)
     assert [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4, 5, 5]
+
+
+def test_checkpoint_and_best_model_files_record_the_depth_settings(tmp_path):
+    """The trainer passes the depth settings of its stores (provenance.trained_depth) to every model
+    file it writes; best.safetensors is the best checkpoint's file, so it carries them too."""
+    from pdfnet_pipeline.model.checkpoint import DepthSettings, read_depth
+
+    depth = DepthSettings(arch="tiny", weights="random", seed=2, input_size=252, size=256, pdfnet_random_init=True)
+    model = tiny_model(1)
+    opt = build_optimizer(model, OptimConfig(), torch.device("cpu"))
+    state = ckpt.TrainState(step=3)
+    step = ckpt.save_checkpoint(
+        tmp_path / "checkpoints", model, opt, None, state, config={}, model_config=asdict(TINY), depth=depth
+    )
+    ckpt.mark_best(tmp_path / "checkpoints", tmp_path, step, {"max_f": 0.5, "mae": 0.1})
+    assert read_depth(step / "model.safetensors") == depth == read_depth(tmp_path / "best.safetensors")
+    ckpt.save_weights(model, tmp_path / "plain.safetensors")  # no settings given: none recorded
+    assert read_depth(tmp_path / "plain.safetensors") is None

@@ -33,7 +33,9 @@ import sys
 import time
 from pathlib import Path
 
-MAPS = ("small", "base", "large", "large_1024")
+from pdfnet_pipeline import store
+
+MAPS = store.DEPTH_MAPS  # the store's map names (store.py owns them)
 CONFIGS = ("official loop", "stage keep", "stage square")
 
 
@@ -62,8 +64,8 @@ def official_loop(
 
     mean, std = np.array(dam.IMAGENET_MEAN, np.float32), np.array(dam.IMAGENET_STD, np.float32)
     for name in MAPS:
-        arch = archs["large" if name == "large_1024" else name]
-        target = sup_size if name == "large_1024" else input_size
+        arch = archs["large" if name == store.SUPERVISION else name]
+        target = sup_size if name == store.SUPERVISION else input_size
         model, _ = dam.load_dam(arch, "random")  # one run per map: each loads its model
         model.to(device)
         (out / name).mkdir(parents=True, exist_ok=True)
@@ -84,7 +86,7 @@ def official_loop(
 def stage_run(manifest: Path, stores: Path, archs: dict[str, str], aspect: str, bench: dict) -> None:
     from pdfnet_pipeline.depth import stage
 
-    spec = {k: stage.ModelSpec(archs[k], "random") for k in ("small", "base", "large")}
+    spec = {k: stage.ModelSpec(archs[k], "random") for k in store.DEPTH_INPUTS}
     cfg = stage.Config(
         manifest=manifest,
         stores=stores,

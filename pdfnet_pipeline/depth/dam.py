@@ -101,7 +101,20 @@ def dam_config(arch: str):
     )
 
 
-def _offline_message(source: str, arch: str, err: Exception) -> str:
+class HubUnreachable(OSError):
+    """Weights not in the Hugging Face cache while the Hub cannot be reached (`hub.unreachable`)."""
+
+
+def _offline_message(source: str, arch: str, err: Exception, hint: str | None = None) -> str:
+    """How to provide the weights. `hint`: the caller's option for them as a format string (predict's
+    "--dam-weights {}": one line); None: the depth stage's settings (`--set models.<map>.weights`)."""
+    if hint is not None:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        return (
+            f"cannot load DAM v2 {arch} weights {source!r}: {first}; pass {hint.format('DIR')} for a local copy "
+            f"(`huggingface-cli download {HUB_IDS.get(arch, source)} --local-dir DIR` on a machine with internet) "
+            f"or {hint.format('random')} to just see the pipeline"
+        )
     return (
         f"cannot load DAM v2 {arch} weights {source!r}: {err}\n"
         f"Provide them one of these ways: (1) on a machine with internet run "
@@ -131,10 +144,14 @@ def load_dam(
     seed: int = 0,
     allow_download: bool = True,
     posemb: PosEmb = "official",
+    weights_hint: str | None = None,
 ):
     """(model in eval mode, provenance dict). `weights`: "random" (seeded), "hub" (the official
     id for `arch`), a Hugging Face hub id, or a local directory saved with `save_pretrained`.
-    `posemb`: the position-embedding interpolation rule (`set_posemb`)."""
+    `posemb`: the position-embedding interpolation rule (`set_posemb`). Weights neither local nor
+    cached fail at once when the Hub cannot be reached (`hub.unreachable`: no download retries);
+    `weights_hint`: the caller's option for the weights, as a format string ("--dam-weights {}"),
+    for the error messages."""
     from transformers import DepthAnythingForDepthEstimation
 
     if weights == "random":
@@ -146,7 +163,12 @@ def load_dam(
         return _ready(model, posemb), prov
     source = HUB_IDS.get(arch, "") if weights == "hub" else weights
     if not source:
-        raise DamWeightsError(f"no official hub id for architecture {arch!r}; give a directory")
+        how = (
+            f"pass {weights_hint.format('DIR')} or {weights_hint.format('random')}"
+            if weights_hint
+            else "give a directory"
+        )
+        raise DamWeightsError(f"no official hub id for DAM v2 architecture {arch!r}; {how}")
     local = Path(source).expanduser()
     kwargs: dict = {}  # the DINOv2 backbone picks torch SDPA by itself (the wrapper refuses the flag)
     try:
@@ -161,7 +183,7 @@ def load_dam(
                 "revision": getattr(model.config, "_commit_hash", None) or revision,
             }
     except OSError as err:
-        raise DamWeightsError(_offline_message(source, arch, err)) from err
+        raise DamWeightsError(_offline_message(source, arch, err, weights_hint)) from err
     _check_arch(model, arch, source)
     return _ready(model, posemb), prov
 
@@ -173,9 +195,14 @@ def _from_hub(source: str, revision: str | None, allow_download: bool, kwargs: d
         return DepthAnythingForDepthEstimation.from_pretrained(
             source, revision=revision, local_files_only=True, **kwargs
         )
-    except OSError:
+    except OSError as err:
         if not allow_download:
             raise
+        from pdfnet_pipeline.hub import unreachable
+
+        reason = unreachable()
+        if reason:
+            raise HubUnreachable(f"not in the Hugging Face cache, and {reason}") from err
     return DepthAnythingForDepthEstimation.from_pretrained(source, revision=revision, **kwargs)
 
 

@@ -137,6 +137,26 @@ def preprocessing(cfg: Config, amp) -> dict:
     }
 
 
+def recorded_settings(st: store.Store, name: str) -> dict | None:
+    """What recomputes map `name` of store `st`: its DAM v2 model as `dam.load_dam` recorded it
+    (arch, weights, revision, seed) and the input mode of `preprocessing` (input side, aspect,
+    posemb rule), plus the store side. None when the store lacks the map or those records."""
+    prov, pre = st.models.get(name), st.preprocessing
+    if not isinstance(prov, dict) or "arch" not in prov or "input_side" not in pre:
+        return None
+    return {
+        "arch": prov["arch"],
+        "weights": prov["weights"],
+        "revision": prov.get("revision"),
+        "seed": prov.get("seed", 0),
+        "input_size": pre["supervision_side"] if name == SUPERVISION else pre["input_side"],
+        "aspect": pre.get("aspect", "square"),
+        "posemb": next((rule for rule, text in POSEMB.items() if text == pre.get("posemb")), "official"),
+        "map": name,
+        "size": st.size,
+    }
+
+
 def _infer(
     models: dict, batch: dict, cfg: Config, device, amp, orig_sizes: list[tuple[int, int]]
 ) -> tuple[dict, list[tuple[int, str]]]:

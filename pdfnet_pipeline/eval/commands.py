@@ -99,15 +99,31 @@ def predict(
         "predictions"
     ),
     dam_weights: Annotated[
-        str, typer.Option(help="DAM v2 large weights: hub, a hub id, a local folder, or random.")
-    ] = "hub",
-    dam_arch: Annotated[str, typer.Option(help="DAM v2 size for the depth input.")] = "large",
-    dam_input_size: Annotated[int, typer.Option(help="DAM v2 input side (the depth stage's input_size).")] = 518,
+        str | None,
+        typer.Option(
+            help="DAM v2 weights: hub, a hub id, a local folder, or random (just shows the pipeline). Default: "
+            "those the checkpoint's training maps came from (recorded in the model file), else hub."
+        ),
+    ] = None,
+    dam_arch: Annotated[
+        str | None, typer.Option(help="DAM v2 size (small, base, large, tiny). Default: the recorded one, else large.")
+    ] = None,
+    dam_input_size: Annotated[
+        int | None, typer.Option(help="DAM v2 input side (the depth stage's input_size). Default: recorded, else 518.")
+    ] = None,
     dam_aspect: Annotated[
-        str, typer.Option(help="square (paper text) or keep (official infer_image): the depth stage's aspect.")
-    ] = "square",
+        str | None,
+        typer.Option(
+            help="square (paper text) or keep (official infer_image): the depth stage's aspect. "
+            "Default: recorded, else square."
+        ),
+    ] = None,
     size: Annotated[
-        int | None, typer.Option(help="Network input side (multiple of 256; default 1024, or the ONNX graph's).")
+        int | None,
+        typer.Option(
+            help="Network input side (multiple of 256). Default: the side the checkpoint was trained at "
+            "(recorded), else 1024; an ONNX graph's own."
+        ),
     ] = None,
     tta: Annotated[bool, typer.Option(help="Flip x 3 scales test-time augmentation.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1 ...")] = "auto",
@@ -119,8 +135,11 @@ def predict(
         str, typer.Option(help="torch, or onnx (onnxruntime on the CPU; needs the [onnx] extra).")
     ] = "torch",
 ) -> None:
-    """Predict a mask and an RGBA cut-out for each image at the image's own resolution."""
-    from pdfnet_pipeline.depth.dam import DamWeightsError
+    """Predict a mask and an RGBA cut-out for each image at the image's own resolution.
+
+    DAM v2 and the network side default to the settings the checkpoint was trained with (recorded
+    in its model file by the train stage); every flag overrides its setting."""
+    from pdfnet_pipeline.errors import UserError
     from pdfnet_pipeline.eval.predict import Predictor, collect_images, predict_files
 
     paths = collect_images(images)
@@ -140,11 +159,14 @@ def predict(
             compile=compile,
             backend=backend,
         )
-    except (DamWeightsError, FileNotFoundError, ValueError) as err:  # CheckpointError is a ValueError
+    except UserError as err:  # weights or checkpoint that cannot be used (offline, missing, mismatched)
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
+    except (FileNotFoundError, ValueError) as err:  # options that do not go together
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
-    if predictor.random:
-        typer.echo("warning: RANDOM-WEIGHT depth model: these masks show the pipeline, not PDFNet", err=True)
+    if predictor.warning:
+        typer.echo(f"warning: {predictor.warning}", err=True)
     written, errors = predict_files(paths, out, predictor)
     for line in errors:
         typer.echo(f"skipped: {line}", err=True)

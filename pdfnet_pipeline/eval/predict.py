@@ -1,9 +1,10 @@
 """`pdfnet-pipeline predict`: from photos to masks and cut-outs in one command.
 
-Per image: decode (EXIF applied), DAM v2 large depth exactly as the depth stage computes it
-(518² input, 1024² output, min-max; `--dam-aspect keep`: the stage's aspect-keeping mode), the
-image resized to 1024² with the store's filter, PDFNet (optionally with TTA), sigmoid, resize
-back to the photo's size. Writes `<stem>.png` (8-bit mask)
+Per image: decode (EXIF applied), DAM v2 depth exactly as the depth stage computed the maps the
+checkpoint was trained on (the model file's recorded settings: DAM arch / weights / seed, input
+size, aspect, store side; a file without them: DAM v2 large from the Hub, 518² input, 1024² output,
+min-max), the image resized to the store side with the store's filter, PDFNet (optionally with
+TTA), sigmoid, resize back to the photo's size. Flags override each recorded setting. Writes `<stem>.png` (8-bit mask)
 and `<stem>_cutout.png` (RGBA: the photo with the mask as alpha). Bad files are reported by name
 and skipped; the others still run. The command itself lives in eval/commands.py, so `--help`
 does not import this module.
@@ -60,34 +61,48 @@ class OnnxPredict:
 class Predictor:
     """DAM v2 + PDFNet on one device; `__call__(rgb uint8 HxWx3) -> mask uint8 HxW`.
 
-    The depth input is computed as the depth stage computes it (`dam_input_size`, default the
-    paper's 518; `dam_aspect` its aspect mode; its store side `size`), then the shared
+    The depth input is computed as the depth stage computed the checkpoint's training maps: every
+    setting left None comes from the depth settings the model file records
+    (`model.checkpoint.read_depth`: DAM arch, weights, revision and seed, input size, aspect,
+    posemb rule, and the store side as the network side), else the paper's (`DepthSettings()`:
+    DAM v2 large from the Hub at 518, 1024² network input). Arch and weights go together: an
+    explicit arch other than the recorded one defaults to the "hub" weights. Then the shared
     `model_inputs` conversion. `compile`: DAM and PDFNet compiled for static shapes (square
-    inputs: every photo enters them at fixed sizes)."""
+    inputs: every photo enters them at fixed sizes). `weights_hint`: the caller's option for the
+    DAM weights as a format string, for error messages."""
 
     def __init__(
         self,
-        checkpoint: Path,
-        dam_arch: str = "large",
-        dam_weights: str = "hub",
+        checkpoint: Path | str,
+        dam_arch: str | None = None,
+        dam_weights: str | None = None,
         size: int | None = None,
         tta: bool = False,
         device: str = "auto",
-        dam_input_size: int = 518,
+        dam_input_size: int | None = None,
         precision: str = "auto",
-        dam_aspect: str = "square",
+        dam_aspect: str | None = None,
         compile: bool = False,
         backend: str = "torch",
+        dam_posemb: str | None = None,
+        weights_hint: str = "--dam-weights {}",
     ) -> None:
-        from pdfnet_pipeline import runtime
+        from pdfnet_pipeline import provenance, runtime
         from pdfnet_pipeline.depth import dam
-        from pdfnet_pipeline.model.checkpoint import load_model
+        from pdfnet_pipeline.model.checkpoint import (
+            DepthSettings,
+            load_model,
+            read_config,
+            read_depth,
+            resolve_checkpoint,
+        )
 
         self.device = runtime.pick_device(device)
-        if dam_aspect not in ("square", "keep"):
+        if dam_aspect not in (None, "square", "keep"):
             raise ValueError(f"unknown DAM aspect {dam_aspect!r} (square, keep)")
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r} ({', '.join(BACKENDS)})")
+        self.trained, preset = None, "?"  # the checkpoint's recorded depth settings (None: not recorded)
         if backend == "onnx":
             if tta or compile:
                 raise ValueError("--backend onnx runs the graph at its export size: no --tta scales, no --compile")
@@ -95,15 +110,40 @@ class Predictor:
             if size not in (None, self.predict_fn.size):
                 raise ValueError(f"{checkpoint} was exported at {self.predict_fn.size}px, not --size {size}")
             size = self.predict_fn.size
-        self.size, self.tta, self.dam_target, self.dam_aspect = size or 1024, tta, dam_input_size, dam_aspect
+        else:
+            path = resolve_checkpoint(checkpoint)
+            self.trained, preset = read_depth(path), read_config(path).preset
+        rec = self.trained or DepthSettings()
+        arch = dam_arch or rec.arch
+        weights = dam_weights or (rec.weights if arch == rec.arch else "hub")
+        same = (arch, weights) == (rec.arch, rec.weights)  # the recorded DAM: its revision and seed too
+        if same and self.trained and Path(weights).is_absolute() and not Path(weights).is_dir():
+            raise dam.DamWeightsError(
+                f"{checkpoint} was trained on depth maps of DAM v2 {arch} weights {weights}, not a folder on this "
+                f"machine: pass {weights_hint.format('DIR')} (a copy of them), {weights_hint.format('hub')} or "
+                f"{weights_hint.format('random')}"
+            )
+        self.dam_arch, self.dam_weights = arch, weights
+        self.dam_seed = rec.seed if same else 0
+        self.size = size or rec.size
+        self.tta, self.dam_target = tta, dam_input_size or rec.input_size
+        self.dam_aspect = dam_aspect or rec.aspect
         self.precision = runtime.precision(self.device, precision)  # bf16 / fp16 on GPUs, fp32 on CPU
-        self.dam, self.dam_provenance = dam.load_dam(dam_arch, dam_weights)
+        self.dam, self.dam_provenance = dam.load_dam(
+            arch,
+            weights,
+            revision=rec.revision if same else None,
+            seed=self.dam_seed,
+            posemb=dam_posemb or rec.posemb,
+            weights_hint=weights_hint,
+        )
         self.dam.to(self.device)
-        self.random = dam_weights == "random"
-        self.depth_fn = torch.compile(dam.predict, dynamic=False) if compile else dam.predict
-        if backend == "torch":
-            model = load_model(checkpoint, map_location=self.device).eval()
+        if backend == "torch":  # after DAM: weights that cannot be had fail before this load
+            model = load_model(path, map_location=self.device).eval()
             self.predict_fn = torch.compile(model.predict, dynamic=False) if compile else model.predict
+        self.random = weights == "random"
+        self.warning = provenance.predict_warning(arch, self.random, preset, self.trained)
+        self.depth_fn = torch.compile(dam.predict, dynamic=False) if compile else dam.predict
 
     @torch.no_grad()
     def depth(self, rgb: np.ndarray) -> torch.Tensor:

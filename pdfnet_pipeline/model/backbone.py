@@ -26,6 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.models.swin_transformer import SwinTransformerBlock, checkpoint_filter_fn, window_partition, window_reverse
 
+from pdfnet_pipeline.errors import UserError
 from pdfnet_pipeline.model.blocks import checkpointed
 
 
@@ -148,10 +149,32 @@ class SwinEncoder(nn.Module):
             else:
                 state = torch.load(path, map_location="cpu", weights_only=True)
         else:
-            hub = timm.create_model(weights, pretrained=True, num_classes=0)
-            state = hub.state_dict()
+            state = _hub_state(weights)
         state = checkpoint_filter_fn(state, self.swin)
         state = {k: v for k, v in state.items() if not k.startswith(("head.", "norm."))}
         missing, unexpected = self.swin.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise ValueError(f"ImageNet weights {weights!r} do not fit: missing {missing}, unexpected {unexpected}")
+
+
+class BackboneWeightsError(UserError, RuntimeError):
+    """Swin ImageNet weights that are neither a local file nor cached while the Hub cannot be reached."""
+
+
+def _hub_state(name: str) -> dict[str, torch.Tensor]:
+    """timm's pretrained weights of `name`; from the cache only when the Hub cannot be reached
+    (`hub.unreachable`), so an offline machine fails at once instead of after download retries."""
+    from pdfnet_pipeline.hub import cache_only, unreachable
+
+    reason = unreachable()
+    if reason is None:
+        return timm.create_model(name, pretrained=True, num_classes=0).state_dict()
+    try:
+        with cache_only():
+            return timm.create_model(name, pretrained=True, num_classes=0).state_dict()
+    except Exception as err:  # timm / huggingface_hub raise several types for a missing cached file
+        raise BackboneWeightsError(
+            f"cannot load the Swin ImageNet weights {name!r}: not in the Hugging Face cache, and {reason} "
+            f"({type(err).__name__}); set model.backbone_weights to a local .pth / .safetensors file "
+            f'(--set model.backbone_weights=\'"FILE"\'), or to "random" to just see the pipeline'
+        ) from None

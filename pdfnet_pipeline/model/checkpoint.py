@@ -1,7 +1,11 @@
 """Model checkpoints: this project's safetensors files, Hub-style folders, the reference `.pth` converter.
 
 A project checkpoint is a safetensors file of the model's state dict with the `PDFNetConfig` as
-JSON in its metadata; loading one never unpickles. A Hub-style folder (`PDFNet.save_pretrained`)
+JSON in its metadata; loading one never unpickles. A model trained here also records the depth
+input it was trained on (`DepthSettings`: DAM v2 arch / weights / seed, DAM input size and aspect,
+the store side = the PDFNet input size) as the `depth` and `size` metadata entries, so predict
+computes the same kind of depth map by default; a file without them (older files, converted
+releases) reads as `DepthSettings()`, the paper's settings. A Hub-style folder (`PDFNet.save_pretrained`)
 holds that very file as `model.safetensors` beside a `config.json`; `load_model` takes a file, such
 a folder, or a Hugging Face Hub id (downloaded by huggingface_hub into its cache).
 
@@ -35,23 +39,72 @@ class CheckpointError(UserError, ValueError):
     format, mismatched keys); the message names every offending file or key."""
 
 
-def save_model(model: PDFNet, path: str | Path) -> None:
-    """Write the model's weights and config (JSON metadata) as safetensors."""
+@dataclasses.dataclass(frozen=True)
+class DepthSettings:
+    """The depth input a model was trained on, i.e. what predict must compute for it.
+
+    `arch`, `weights` (as the store records them: "random", a hub id or a local folder),
+    `revision` and `seed` (random weights: `load_dam`'s seed) name the DAM v2 model of the store's
+    `map`; `input_size` its input side, `aspect` and `posemb` its input mode; `size` the store side,
+    which is the PDFNet input size it was trained at; `pdfnet_random_init` whether the training
+    started from random weights (None: unknown). The defaults are the paper's settings: what a file
+    without recorded settings gets."""
+
+    arch: str = "large"
+    weights: str = "hub"
+    revision: str | None = None
+    seed: int = 0
+    input_size: int = 518
+    aspect: str = "square"
+    posemb: str = "official"
+    map: str = "large"
+    size: int = 1024
+    pdfnet_random_init: bool | None = None  # trained from random weights (no pretrained backbone, no init_from)
+
+    def to_metadata(self) -> dict[str, str]:
+        """The safetensors metadata entries: `depth` (JSON, all but size) and `size`."""
+        depth = {k: v for k, v in dataclasses.asdict(self).items() if k != "size"}
+        return {"depth": json.dumps(depth, sort_keys=True), "size": str(self.size)}
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, str]) -> DepthSettings | None:
+        """None when `meta` records no depth settings; unknown keys are ignored (newer files)."""
+        if "depth" not in meta:
+            return None
+        fields = {f.name for f in dataclasses.fields(cls)}
+        raw = {k: v for k, v in json.loads(meta["depth"]).items() if k in fields}
+        if "size" in meta:
+            raw["size"] = int(meta["size"])
+        return cls(**raw)
+
+
+def save_model(model: PDFNet, path: str | Path, depth: DepthSettings | None = None) -> None:
+    """Write the model's weights and config (JSON metadata) as safetensors, with the depth settings
+    it was trained on (`depth`, else the model's `depth_settings` attribute, which `load_model`
+    sets from the file it read; none: nothing recorded)."""
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    _save(state, model.cfg, path)
+    _save(state, model.cfg, path, depth or getattr(model, "depth_settings", None))
 
 
-def _save(state: dict[str, torch.Tensor], cfg: PDFNetConfig, path: str | Path) -> None:
+def _save(
+    state: dict[str, torch.Tensor], cfg: PDFNetConfig, path: str | Path, depth: DepthSettings | None = None
+) -> None:
     meta = {"format": FORMAT, "config": json.dumps(dataclasses.asdict(cfg))}
+    if depth is not None:
+        meta.update(depth.to_metadata())
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(path), metadata=meta)
 
 
-def save_pretrained(model: PDFNet, folder: str | Path) -> Path:
-    """Hub layout: the project checkpoint as `model.safetensors` and its config as `config.json`."""
+def save_pretrained(model: PDFNet, folder: str | Path, depth: DepthSettings | None = None) -> Path:
+    """Hub layout: the project checkpoint as `model.safetensors` and its config as `config.json`
+    (with the recorded depth settings as `depth`, when there are any)."""
     folder = Path(folder)
-    save_model(model, folder / WEIGHTS_NAME)
+    depth = depth or getattr(model, "depth_settings", None)
+    save_model(model, folder / WEIGHTS_NAME, depth)
     config = {"format": FORMAT, "cfg": dataclasses.asdict(model.cfg)}
+    if depth is not None:
+        config["depth"] = dataclasses.asdict(depth)
     (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     return folder
 
@@ -78,13 +131,20 @@ def _download(repo_id: str, revision: str | None, hub_kwargs: dict) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import EntryNotFoundError, HFValidationError
 
+    from pdfnet_pipeline.hub import unreachable
+
+    # An unreachable Hub: the cached snapshot or an error at once (not after download retries).
+    reason = None if hub_kwargs.get("local_files_only") else unreachable()
+    if reason:
+        hub_kwargs = {**hub_kwargs, "local_files_only": True}
     try:
         folder = snapshot_download(repo_id, revision=revision, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME], **hub_kwargs)
     except (OSError, EntryNotFoundError, HFValidationError) as err:  # offline, unknown repo, bad id, network
         first = (str(err).strip().splitlines() or [""])[0]
+        why = f"not in the Hugging Face cache, and {reason}" if reason else f"{type(err).__name__}: {first}"
         raise CheckpointError(
             f"{repo_id}: no such local checkpoint file or folder, and no Hugging Face Hub model of that id"
-            f" could be fetched ({type(err).__name__}: {first})"
+            f" could be fetched ({why})"
         ) from None
     return Path(folder)
 
@@ -94,15 +154,30 @@ def _folder_weights(folder: Path) -> Path:
     weights, config = folder / WEIGHTS_NAME, folder / CONFIG_NAME
     if not weights.is_file() or not config.is_file():
         raise CheckpointError(f"{folder}: not a save_pretrained folder (needs {WEIGHTS_NAME} and {CONFIG_NAME})")
-    stated = json.loads(config.read_text()).get("cfg", {})
-    actual = dataclasses.asdict(read_config(weights))
+    doc = json.loads(config.read_text())
+    stated, actual = doc.get("cfg", {}), dataclasses.asdict(read_config(weights))
     differ = sorted(k for k in actual if k in stated and stated[k] != actual[k])
+    depth = read_depth(weights)
+    if "depth" in doc and doc["depth"] != (depth and dataclasses.asdict(depth)):
+        differ.append("depth")
     if differ:  # the weights' metadata builds the model: a hand-edited config.json must not mislead
         raise CheckpointError(f"{config} disagrees with {WEIGHTS_NAME} on {', '.join(differ)}")
     return weights
 
 
 def read_config(path: str | Path) -> PDFNetConfig:
+    fields = {f.name for f in dataclasses.fields(PDFNetConfig)}
+    raw = json.loads(_metadata(path)["config"])
+    return PDFNetConfig(**{k: v for k, v in raw.items() if k in fields})
+
+
+def read_depth(path: str | Path) -> DepthSettings | None:
+    """The depth settings a project model file records (None: an older file or a converted
+    release, which `DepthSettings()` describes)."""
+    return DepthSettings.from_metadata(_metadata(path))
+
+
+def _metadata(path: str | Path) -> dict[str, str]:
     from safetensors import SafetensorError
 
     try:
@@ -114,9 +189,7 @@ def read_config(path: str | Path) -> PDFNetConfig:
         ) from None
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a {FORMAT} checkpoint (metadata format {meta.get('format')!r})")
-    fields = {f.name for f in dataclasses.fields(PDFNetConfig)}
-    raw = json.loads(meta["config"])
-    return PDFNetConfig(**{k: v for k, v in raw.items() if k in fields})
+    return meta
 
 
 def load_model(
@@ -125,9 +198,11 @@ def load_model(
     """Build the model from the checkpoint's config and load its weights strictly (no pickle).
 
     `source`: a project .safetensors file, a `save_pretrained` folder or a Hub id (`resolve_checkpoint`).
+    The file's recorded depth settings (`read_depth`, or None) become `model.depth_settings`.
     """
     path = resolve_checkpoint(source, revision, **hub_kwargs)
     cfg = dataclasses.replace(read_config(path), backbone_weights="random")
+    depth = read_depth(path)
     with torch.device("meta"):
         model = PDFNet(cfg)
     state = {}
@@ -137,6 +212,7 @@ def load_model(
     _check(state, model, str(path))
     model.load_state_dict(state, strict=True, assign=True)
     _refresh_buffers(model, torch.device(map_location))
+    model.depth_settings = depth
     return model.eval()
 
 

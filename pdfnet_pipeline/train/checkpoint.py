@@ -93,14 +93,16 @@ def _write_json(path: Path, data: dict) -> None:
         raise
 
 
-def save_weights(model: torch.nn.Module, path: Path) -> None:
+def save_weights(model: torch.nn.Module, path: Path, depth=None) -> None:
+    """The model file (best.safetensors, a checkpoint's model.safetensors); `depth`: the
+    `model.checkpoint.DepthSettings` the model was trained on (`provenance.trained_depth`)."""
     model = unwrap(model)
     try:
         from pdfnet_pipeline.model.checkpoint import save_model
     except ModuleNotFoundError:
         save_model = None
     if save_model is not None and hasattr(model, "cfg"):
-        save_model(model, path)
+        save_model(model, path, depth)
     else:  # any other module (tests): plain state dict
         save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(path))
 
@@ -198,10 +200,12 @@ def save_checkpoint(
     model_config: dict,
     keep: int = 3,
     rank_rng: list[dict[str, torch.Tensor]] | None = None,
+    depth=None,
 ) -> Path:
     """Write checkpoint `step_<step>` atomically, point latest.json at it, prune old ones.
 
     `rank_rng`: every rank's torch_rng_state() (DDP, gathered to rank 0); default this process's.
+    `depth`: the depth settings the model file records (`save_weights`).
     """
     name = f"step_{state.step:08d}"
     final = ckpt_dir / name
@@ -210,7 +214,7 @@ def save_checkpoint(
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        _write_files(tmp, model, optimizer, scaler, state, config, model_config, rank_rng)
+        _write_files(tmp, model, optimizer, scaler, state, config, model_config, rank_rng, depth)
     except WRITE_ERRORS as err:
         shutil.rmtree(tmp, ignore_errors=True)
         raise _write_error(final, err) from err
@@ -231,9 +235,11 @@ def _write_error(final: Path, err: Exception) -> CheckpointWriteError:
     )
 
 
-def _write_files(tmp: Path, model, optimizer, scaler, state: TrainState, config, model_config, rank_rng) -> None:
+def _write_files(
+    tmp: Path, model, optimizer, scaler, state: TrainState, config, model_config, rank_rng, depth=None
+) -> None:
     """Every file of a checkpoint into `tmp`, fsynced."""
-    save_weights(model, tmp / "model.safetensors")
+    save_weights(model, tmp / "model.safetensors", depth)
     opt_tensors, opt_meta = _optimizer_split(optimizer)
     save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
     rank_rng = rank_rng if rank_rng is not None else [torch_rng_state()]
