@@ -11,10 +11,12 @@ from browser import CHROMIUM, Browser
 from PIL import Image
 
 from pdfnet_pipeline.eval.html import GalleryItem, error_map, write_index
-from pdfnet_pipeline.eval.report import plot_curves
+from pdfnet_pipeline.eval.report import BeforeAfter, plot_curves
+from pdfnet_pipeline.train.curve import plot_training_curve
 
-LABEL = (
-    "RANDOM-WEIGHT RUN: depth maps from a random-weight DAM v2; PDFNet backbone random - these numbers measure nothing"
+LABEL = (  # provenance.random_label's wording
+    "RANDOM-WEIGHT RUN: PDFNet (tiny preset) trained from random initial weights; depth maps from randomly "
+    "initialised DAM v2: the numbers measure learning on this data, not a trained PDFNet on DIS-5K"
 )
 SPLITS = ("DIS-TE1", "DIS-TE2", "DIS-TE3", "DIS-TE4")
 
@@ -37,6 +39,30 @@ def _items(n: int, side: int, seed: int = 0) -> list[GalleryItem]:
 
 def _results(items):
     return {s: {"Fmax": 0.5, "Fw": 0.4, "Em": 0.6, "Sa": 0.55, "MAE": 0.1, "HCE": 300.0, "count": 3} for s in SPLITS}
+
+
+def _with_before(items: list[GalleryItem]) -> list[GalleryItem]:
+    """Each item's before-prediction: its GT at a third of the brightness (a weak model)."""
+    return [GalleryItem(*(getattr(it, f) for f in ("split", "id", "metrics", "image", "depth", "gt", "pred")),
+                        before=(np.asarray(it.gt) // 3).astype(np.uint8)) for it in items]  # fmt: skip
+
+
+BEFORE = BeforeAfter(
+    "before (initial weights, initial.safetensors)",
+    "after (best checkpoint, best.safetensors)",
+    "runs/x/initial.safetensors",
+    "runs/x/best.safetensors",
+    {"DIS-TE1": {"Fmax": 0.123, "Fw": 0.1, "Em": 0.2, "Sa": 0.3, "MAE": 0.456, "HCE": 999.0, "count": 3}},
+    ["DIS-TE1"],
+)
+
+
+def _training_curve(out) -> None:
+    steps = [{"kind": "step", "step": s, "loss": 1 / s} for s in range(1, 9)]
+    epochs = [
+        {"kind": "epoch", "epoch": e, "step": 4 * e + 4, "val_max_f": 0.3 + e / 4, "val_mae": 0.2} for e in range(2)
+    ]
+    plot_training_curve(steps + epochs, out / "training_curve.png", LABEL)
 
 
 def test_error_map_marks_false_positives_red_and_misses_blue():
@@ -102,6 +128,37 @@ def test_page_rows_worst_first_escaped_and_offline(tmp_path):
     assert 'id="random-label"' not in page and "RANDOM" not in page.split("<script>")[0]
 
 
+def test_before_column_before_after_table_training_curve_and_graded_error_legend(tmp_path):
+    items = _with_before(_items(4, 30))
+    out = tmp_path / "eval"
+    out.mkdir()
+    _training_curve(out)
+    write_index(out, _results(items), items, label=LABEL, before=BEFORE)
+    page = (out / "index.html").read_text()
+    worst = sorted(items, key=lambda it: -it.metrics["mae"])[0]
+    before_thumb = np.asarray(Image.open(out / "thumbs" / "00000_before.png"))
+    assert before_thumb.shape == np.asarray(Image.open(out / "thumbs" / "00000_gt.png")).shape
+    assert abs(int(before_thumb.max()) - int(np.asarray(worst.gt).max()) // 3) <= 2  # the before source, at 1/3
+    assert len(list((out / "thumbs").iterdir())) == 6 * len(items)
+    heads = re.findall(r"<th(?: title=\"([^\"]*)\")?>(image|depth|GT|before|prediction|error)</th>", page)
+    assert [h for _, h in heads] == ["image", "depth", "GT", "before", "prediction", "error"]
+    assert dict((h, t) for t, h in heads)["before"] == html.escape(BEFORE.before_name)
+    table = re.search(r'<table id="before-after">.*?</table>', page).group(0)
+    assert re.findall(r"<tr><th>([^<]*)</th><td>DIS-TE1</td><td>([^<]*)</td>", table) == [
+        (BEFORE.before_name, "0.123"),
+        (BEFORE.after_name, "0.500"),
+    ]
+    assert '<img class="curves" id="training-curve" src="training_curve.png"' in page
+    assert 'href="training_curve.png"' in page
+    legend = re.search(r'<p class="legend" id="error-legend">(.*?)</p>', page).group(1)
+    assert "|prediction − GT|" in legend and "brighter = further off" in legend and "half brightness" in legend
+    # a page whose items have no before-prediction keeps five columns and no before / after table
+    write_index(out, _results(items), _items(4, 30))
+    page = (out / "index.html").read_text()
+    assert "_before." not in page and 'id="before-after"' not in page
+    assert len(list((out / "thumbs").iterdir())) == 5 * 4
+
+
 def _loaded(browser, row: str) -> list[bool]:
     """Per thumbnail of the row: decoded at the size the page reserved for it."""
     return browser.js(
@@ -123,13 +180,14 @@ def _ids(browser):
 @pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (.ci/run installs Debian's chromium)")
 def test_page_in_headless_chromium(tmp_path):
-    items = _items(40, 180)
+    items = _with_before(_items(40, 180))
     out = tmp_path / "eval"
     curve = np.linspace(1, 0, 256)
     plot_curves(
         {s: {"precision": curve, "recall": curve[::-1], "fmeasure": curve} for s in SPLITS}, out / "curves.png", LABEL
     )
-    write_index(out, _results(items), items, label=LABEL)
+    _training_curve(out)
+    write_index(out, _results(items), items, label=LABEL, before=BEFORE)
     browser = Browser(tmp_path / "profile")
     try:
         browser.open((out / "index.html").as_uri())
@@ -142,7 +200,17 @@ def test_page_in_headless_chromium(tmp_path):
         assert banner[0] == LABEL and banner[1] == "rgb(204, 0, 0)" and banner[2] <= 0 and banner[3] >= 30
         browser.js("new Promise(r => setTimeout(r, 500))")  # let the visible thumbnails arrive
         assert browser.js("document.querySelector('img.curves').naturalWidth") > 0
-        assert _loaded(browser, "first-child") == [True] * 5
+        # the training curve near the top, above the gallery, fully decoded
+        assert browser.js("document.getElementById('training-curve').naturalWidth") == 1210
+        assert browser.js(
+            "document.getElementById('training-curve').getBoundingClientRect().top"
+            " < document.getElementById('gallery').getBoundingClientRect().top"
+        )
+        assert browser.js("document.querySelectorAll('#before-after tbody tr').length") == 2
+        heads = browser.js("Array.from(document.querySelectorAll('#gallery thead th')).map(h => h.textContent)")
+        assert heads[2:8] == ["image", "depth", "GT", "before", "prediction", "error"]
+        assert browser.js("document.querySelector('#gallery tbody tr img[alt=before]').naturalWidth") > 0
+        assert _loaded(browser, "first-child") == [True] * 6
         shots = [browser.screenshot(tmp_path / "eval_index.png")]
 
         by_mae = [it.id for it in sorted(items, key=lambda it: -it.metrics["mae"])]
@@ -167,7 +235,7 @@ def test_page_in_headless_chromium(tmp_path):
 
         browser.js("document.querySelector('#gallery tbody tr:last-child').scrollIntoView()")  # lazy rows load
         browser.js("new Promise(r => setTimeout(r, 1000))")
-        assert _loaded(browser, "last-child") == [True] * 5
+        assert _loaded(browser, "last-child") == [True] * 6
         assert browser.errors() == []
         assert all(u.startswith(("file:", "data:", "about:")) for u in browser.requested_urls())
     finally:

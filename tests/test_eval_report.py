@@ -22,7 +22,7 @@ def test_markdown_table_layout():
 
 
 def test_random_label_in_every_output(tmp_path):
-    label = "RANDOM WEIGHTS: these numbers measure nothing"
+    label = "RANDOM-WEIGHT RUN: depth maps from randomly initialised DAM v2: the numbers measure learning on this data, not a trained PDFNet on DIS-5K"
     md, cs, js = write_tables(RESULTS, tmp_path, label)
     assert label in md.read_text().splitlines()[0]
     rows = list(csv.reader(open(cs)))
@@ -43,3 +43,44 @@ def test_random_label_in_every_output(tmp_path):
     assert sheet.size == (400, 26 + 2 * 118)
     assert sheet.getpixel((2, 2)) == (200, 0, 0)  # the red banner with the label
     assert sheet.getpixel((150, 26 + 18 + 50)) == (255, 255, 255)  # depth tile: ones -> white
+
+
+def test_before_after_table_follows_the_per_split_table(tmp_path):
+    from pdfnet_pipeline.eval.report import BeforeAfter
+
+    before = {s: dict(r, Fmax=r["Fmax"] / 2, MAE=0.4) for s, r in RESULTS.items()}
+    ba = BeforeAfter("before (initial weights, initial.safetensors)", "after (best checkpoint, best.safetensors)",
+                     "run/initial.safetensors", "run/best.safetensors", before, ["DIS-TE (all)"])  # fmt: skip
+    md, cs, js = write_tables(RESULTS, tmp_path, None, ba)
+    text = md.read_text()
+    assert text.startswith(markdown_table(RESULTS) + "\n**Before / after**\n")  # today's table, as it was
+    assert text.splitlines()[-4:] == [
+        "| model | split | F_max ↑ | F_w ↑ | E_m ↑ | S_α ↑ | MAE ↓ | HCE ↓ | images |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| before (initial weights, initial.safetensors) | DIS-TE (all) | 0.250 | 0.400 | 0.600 | 0.700 | 0.400 | 8 | 2000 |",
+        "| after (best checkpoint, best.safetensors) | DIS-TE (all) | 0.500 | 0.400 | 0.600 | 0.700 | 0.100 | 8 | 2000 |",
+    ]
+    rows = list(csv.reader(open(cs)))
+    assert rows[:3] == list(csv.reader(open(write_tables(RESULTS, tmp_path / "plain")[1])))
+    assert rows[3:6] == [[], ["# before / after"], ["model", "checkpoint", "split", "Fmax", "Fw", "Em", "Sa", "MAE",
+                                                    "HCE", "count"]]  # fmt: skip
+    assert rows[6][:4] == [ba.before_name, "run/initial.safetensors", "DIS-TE (all)", "0.25"]
+    assert rows[7][:4] == [ba.after_name, "run/best.safetensors", "DIS-TE (all)", "0.5"]
+    data = json.loads(js.read_text())
+    assert data["splits"] == RESULTS and data["before"] == before
+    assert data["before_after"]["after"] == {"name": ba.after_name, "checkpoint": "run/best.safetensors"}
+    plain = json.loads((tmp_path / "plain" / "results.json").read_text())
+    assert set(plain) == {"label", "random_weights", "splits"}  # no before model: the keys of old
+
+
+def test_contact_sheet_before_column(tmp_path):
+    def row(before):
+        return SheetRow("best F #1: x", np.zeros((40, 60, 3), np.uint8), np.zeros((40, 60)),
+                        np.zeros((40, 60), np.uint8), np.zeros((40, 60), np.uint8), before)  # fmt: skip
+
+    sheet = Image.open(contact_sheet([row(np.full((40, 60), 255, np.uint8)), row(None)], tmp_path / "s.png", side=100))
+    sheet = sheet.convert("RGB")
+    assert sheet.size == (500, 2 * 118)  # image | depth | GT | before | prediction
+    assert sheet.getpixel((350, 18 + 50)) == (255, 255, 255)  # row 1's before tile: its white mask
+    assert sheet.getpixel((350, 118 + 18 + 50)) == (255, 255, 255)  # row 2 has none: left blank (white sheet)
+    assert sheet.getpixel((450, 18 + 50)) == (0, 0, 0)  # the prediction, last

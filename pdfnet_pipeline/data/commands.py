@@ -87,7 +87,7 @@ def _sample(
         typer.Option(
             help="photo: ~1 MP scenes with 2-6 px structures (benchmarks); demo: 352-480 px scenes a tiny "
             "model learns in minutes (make demo); holdout: other objects in the demo's style (to judge a "
-            "recipe on scenes it was not tuned on)."
+            "recipe on scenes it was not tuned on); shapes: one solid shape per scene (learnt in a few dozen steps)."
         ),
     ] = "photo",
 ) -> None:

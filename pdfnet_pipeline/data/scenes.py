@@ -9,7 +9,8 @@ a saturated, sharp, lit material in front of a muted, defocused far plane.
 Two families, one scene style: `demo` (lattices, branches, cables, fences, perforated plates,
 spoked wheels) is what the demo trains on; `holdout` draws other objects (ladders, chairs, spirals,
 glyph-like strokes, leafy twigs, nets) in other proportions, so a recipe tuned on `demo` can be
-judged on scenes it never saw. Masks are exact (what was drawn, no antialiasing) and every
+judged on scenes it never saw. `shapes` (one solid disc, polygon or bar) is the tests' check that
+training learns at all. Masks are exact (what was drawn, no antialiasing) and every
 scene is deterministic from (seed, split, index).
 """
 
@@ -48,29 +49,26 @@ def _hsv(h: float, s: float, v: float) -> np.ndarray:
 
 
 def _background(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
-    """A muted far plane: two low-saturation colours mixed by noise, a faint grating, defocused."""
+    """A muted, darker far plane: two greyish colours mixed by smooth noise, defocused."""
     hue = rng.random()
-    a = _hsv(hue, rng.uniform(0.0, 0.3), rng.uniform(0.25, 0.75))
-    b = _hsv(hue + rng.uniform(-0.15, 0.15), rng.uniform(0.0, 0.3), rng.uniform(0.25, 0.75))
-    mix = 0.7 * _noise(rng, w, h, 5) + 0.3 * _noise(rng, w, h, 24)
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    angle, freq = rng.uniform(0, math.pi), rng.uniform(0.05, 0.15)
-    grating = 0.04 * np.sin((xx * math.cos(angle) + yy * math.sin(angle)) * freq)
-    rgb = a * mix[..., None] + b * (1 - mix[..., None]) + grating[..., None]
+    a = _hsv(hue, rng.uniform(0.0, 0.2), rng.uniform(0.2, 0.6))
+    b = _hsv(hue + rng.uniform(-0.15, 0.15), rng.uniform(0.0, 0.2), rng.uniform(0.2, 0.6))
+    mix = 0.75 * _noise(rng, w, h, 4) + 0.25 * _noise(rng, w, h, 12)
+    rgb = a * mix[..., None] + b * (1 - mix[..., None])
     rgb = np.clip(rgb * 255, 0, 255).astype(np.uint8)
-    return np.asarray(Image.fromarray(rgb).filter(ImageFilter.GaussianBlur(2.0)), dtype=np.float32) / 255
+    return np.asarray(Image.fromarray(rgb).filter(ImageFilter.GaussianBlur(3.0)), dtype=np.float32) / 255
 
 
 def _foreground(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
-    """A saturated material with its own grain and a top-left light falloff (sharp: near plane)."""
-    colour = _hsv(rng.random(), rng.uniform(0.55, 1.0), rng.uniform(0.6, 1.0))
+    """A saturated, lit material with its own grain (sharp: the near plane)."""
+    colour = _hsv(rng.random(), rng.uniform(0.65, 1.0), rng.uniform(0.75, 1.0))
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    light = 0.8 + 0.2 * (1 - (xx / w + yy / h) / 2)
-    grain = 0.85 + 0.3 * _noise(rng, w, h, max(w, h) // 6)
+    light = 0.85 + 0.15 * (1 - (xx / w + yy / h) / 2)
+    grain = 0.9 + 0.2 * _noise(rng, w, h, max(w, h) // 6)
     return colour[None, None] * (grain * light)[..., None]
 
 
-def _width(rng: np.random.Generator, lo: int = 3, hi: int = 8) -> int:
+def _width(rng: np.random.Generator, lo: int = 4, hi: int = 9) -> int:
     return int(rng.integers(lo, hi + 1))
 
 
@@ -80,7 +78,7 @@ def _width(rng: np.random.Generator, lo: int = 3, hi: int = 8) -> int:
 def _lattice(d: ImageDraw.ImageDraw, rng: np.random.Generator, w: int, h: int) -> None:
     x0, y0 = int(w * rng.uniform(0.08, 0.25)), int(h * rng.uniform(0.08, 0.25))
     x1, y1 = int(w * rng.uniform(0.75, 0.92)), int(h * rng.uniform(0.75, 0.92))
-    step, width = int(rng.integers(22, 48)), _width(rng, 3, 6)
+    step, width = int(rng.integers(22, 48)), _width(rng, 4, 6)
     d.rectangle([x0, y0, x1, y1], outline=255, width=width * 2)
     for x in range(x0, x1, step):
         d.line([x, y0, x, y1], fill=255, width=width)
@@ -111,11 +109,11 @@ def _cables(d: ImageDraw.ImageDraw, rng: np.random.Generator, w: int, h: int) ->
     for _ in range(int(rng.integers(3, 7))):
         p = rng.uniform([0, 0], [w, h], size=(4, 2))
         p[0, 0], p[3, 0] = rng.uniform(0, 0.1) * w, rng.uniform(0.9, 1.0) * w
-        d.line(_bezier(p), fill=255, width=_width(rng, 3, 7), joint="curve")
+        d.line(_bezier(p), fill=255, width=_width(rng, 4, 7), joint="curve")
 
 
 def _fence(d: ImageDraw.ImageDraw, rng: np.random.Generator, w: int, h: int) -> None:
-    step, width = int(rng.integers(26, 50)), _width(rng, 3, 5)
+    step, width = int(rng.integers(26, 50)), _width(rng, 4, 5)
     y0, y1 = int(h * rng.uniform(0.15, 0.35)), int(h * rng.uniform(0.65, 0.85))
     for x in range(-h, w + h, step):  # chain-link diamonds: two families of diagonals
         d.line([x, y0, x + (y1 - y0), y1], fill=255, width=width)
@@ -135,7 +133,7 @@ def _perforated(d: ImageDraw.ImageDraw, rng: np.random.Generator, w: int, h: int
         a, rr = rng.uniform(0, 2 * math.pi), rng.uniform(0.42, 0.85) * r
         x, y = cx + rr * math.cos(a), cy + rr * math.sin(a)
         d.ellipse([x - hole, y - hole, x + hole, y + hole], fill=0)
-    width = _width(rng, 3, 5)
+    width = _width(rng, 4, 5)
     for k in range(12):  # thin spokes sticking out
         a = 2 * math.pi * k / 12
         d.line([cx + r * math.cos(a), cy + r * math.sin(a), cx + 1.35 * r * math.cos(a), cy + 1.35 * r * math.sin(a)],
@@ -144,7 +142,7 @@ def _perforated(d: ImageDraw.ImageDraw, rng: np.random.Generator, w: int, h: int
 
 def _wheel(d: ImageDraw.ImageDraw, rng: np.random.Generator, w: int, h: int) -> None:
     cx, cy, r = w * rng.uniform(0.4, 0.6), h * rng.uniform(0.4, 0.6), min(w, h) * rng.uniform(0.3, 0.42)
-    width = _width(rng, 3, 6)
+    width = _width(rng, 4, 6)
     d.ellipse([cx - r, cy - r, cx + r, cy + r], outline=255, width=width * 2)
     d.ellipse([cx - r * 0.12, cy - r * 0.12, cx + r * 0.12, cy + r * 0.12], fill=255)
     spokes = int(rng.integers(8, 20))
@@ -204,7 +202,7 @@ def _spiral(d: ImageDraw.ImageDraw, rng: np.random.Generator, w: int, h: int) ->
     t = np.linspace(0, 1, 400)
     a = t * turns * 2 * math.pi + rng.uniform(0, 2 * math.pi)
     pts = [(cx + r_max * s * math.cos(b), cy + r_max * s * math.sin(b)) for s, b in zip(t, a)]
-    d.line(pts, fill=255, width=_width(rng, 3, 7), joint="curve")
+    d.line(pts, fill=255, width=_width(rng, 4, 7), joint="curve")
 
 
 def _strokes(d: ImageDraw.ImageDraw, rng: np.random.Generator, w: int, h: int) -> None:
@@ -236,7 +234,7 @@ def _twig(d: ImageDraw.ImageDraw, rng: np.random.Generator, w: int, h: int) -> N
 def _net(d: ImageDraw.ImageDraw, rng: np.random.Generator, w: int, h: int) -> None:
     """A sagging net: two families of curves between two poles."""
     x0, x1 = w * rng.uniform(0.05, 0.15), w * rng.uniform(0.85, 0.95)
-    width = _width(rng, 3, 5)
+    width = _width(rng, 4, 5)
     for x in (x0, x1):
         d.line([x, h * 0.1, x, h * 0.95], fill=255, width=width * 2)
     rows = int(rng.integers(4, 8))
@@ -257,11 +255,34 @@ HOLDOUT: dict[str, Draw] = {
     "twig": _twig,
     "net": _net,
 }
-FAMILIES: dict[str, dict[str, Draw]] = {"demo": DEMO, "holdout": HOLDOUT}
+
+
+# --- the shapes family: one solid shape, what any working trainer learns in a few dozen steps ----
+
+
+def _disc(d: ImageDraw.ImageDraw, rng: np.random.Generator, w: int, h: int) -> None:
+    cx, cy, r = w * rng.uniform(0.35, 0.65), h * rng.uniform(0.35, 0.65), min(w, h) * rng.uniform(0.15, 0.3)
+    d.ellipse([cx - r, cy - r * rng.uniform(0.6, 1.0), cx + r, cy + r], fill=255)
+
+
+def _polygon(d: ImageDraw.ImageDraw, rng: np.random.Generator, w: int, h: int) -> None:
+    cx, cy, r = w * rng.uniform(0.35, 0.65), h * rng.uniform(0.35, 0.65), min(w, h) * rng.uniform(0.18, 0.32)
+    n = int(rng.integers(3, 8))
+    a = np.sort(rng.uniform(0, 2 * math.pi, n))
+    d.polygon([(cx + r * math.cos(t), cy + r * math.sin(t)) for t in a], fill=255)
+
+
+def _bar(d: ImageDraw.ImageDraw, rng: np.random.Generator, w: int, h: int) -> None:
+    x0, y0 = w * rng.uniform(0.1, 0.4), h * rng.uniform(0.1, 0.4)
+    d.rectangle([x0, y0, x0 + w * rng.uniform(0.2, 0.5), y0 + h * rng.uniform(0.2, 0.5)], fill=255)
+
+
+SHAPES: dict[str, Draw] = {"disc": _disc, "polygon": _polygon, "bar": _bar}
+FAMILIES: dict[str, dict[str, Draw]] = {"demo": DEMO, "holdout": HOLDOUT, "shapes": SHAPES}
 
 
 def make_scene(family: str, seed: int, split: str, index: int) -> tuple[np.ndarray, np.ndarray, str]:
-    """One (RGB image uint8, binary mask 0/255, object kind) of `family` ("demo" or "holdout")."""
+    """One (RGB image uint8, binary mask 0/255, object kind) of `family` (demo, holdout, shapes)."""
     draws = FAMILIES[family]
     rng = _rng(seed, family, split, index)
     w, h = _size(rng)

@@ -15,6 +15,13 @@ from pdfnet_pipeline.train.optim import OptimConfig
 
 
 @dataclass
+class LogConfig:
+    """Extra training logs beside metrics.jsonl and curve.png (which are always written)."""
+
+    tensorboard: bool = False  # run_dir/tb/: metrics.jsonl's scalars as TensorBoard events (pip install tensorboard)
+
+
+@dataclass
 class Config:
     run_dir: Path = Path("runs/pdfnet")
     seed: int = 0
@@ -36,7 +43,8 @@ class Config:
     val_every: int = 1  # epochs between validations; 0 = never
     val_images: int = 4  # validation predictions saved as PNG per validation
     ddp_find_unused: bool = False
-    progress: bool = True  # tqdm bar on rank 0
+    progress: bool = True  # tqdm bar on rank 0 (the one-line epoch summaries print either way)
+    log: LogConfig = field(default_factory=LogConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     model: PDFNetConfig = field(

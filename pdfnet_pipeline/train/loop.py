@@ -14,6 +14,12 @@ all-reduce every optimizer step already makes, so all ranks see it after the sam
 inside an accumulation window), save a checkpoint and return with `stopped` set; the stage then
 raises Preempted (exit code 75). A signal during an epoch's last step lets that epoch close
 (validation, epoch checkpoint) first, as max_steps does, so the resumed metrics log is identical.
+
+What a person watches (rank 0): a fresh run first saves the weights it starts from as
+`initial.safetensors` (random init, or the init_from model being fine-tuned: the "before" model
+eval compares with); every epoch end prints one line (epoch, train loss, validation F_max / MAE,
+"(best)") and redraws `curve.png` from metrics.jsonl; `log.tensorboard = true` mirrors
+metrics.jsonl's scalars into `tb/`.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import random
 import shutil
 import sys
@@ -97,12 +104,33 @@ def init_weights(model: torch.nn.Module, source: str, model_config: dict) -> Pat
     return path
 
 
+def tensorboard_writer():
+    """torch's SummaryWriter class, or a one-line UserError when tensorboard is not installed."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as err:
+        raise UserError(
+            f"log.tensorboard = true needs the tensorboard package ({err}): pip install tensorboard "
+            f"(or pip install 'pdfnet-pipeline[tensorboard]'), or set log.tensorboard=false"
+        ) from None
+    return SummaryWriter
+
+
+# metrics.jsonl field -> TensorBoard tag, per record kind: the same scalars in both
+TB_TAGS = {
+    "step": {"loss": "train/step_loss", "lr": "train/lr", "grad_norm": "train/grad_norm",
+             "samples_per_s": "train/samples_per_s"},
+    "epoch": {"train_loss": "train/epoch_loss", "val_max_f": "val/max_f", "val_mae": "val/mae"},
+}  # fmt: skip
+
+
 class RunLog:
-    """Rank-0 outputs: resolved config, metrics.jsonl, validation images, the progress bar."""
+    """Rank-0 outputs: resolved config, metrics.jsonl (+ TensorBoard events), the epoch lines,
+    curve.png, validation images, the progress bar."""
 
     def __init__(self, run_dir: Path, cfg: Config, main: bool, resumed_step: int | None) -> None:
-        self.dir, self.main, self.label = run_dir, main, None
-        self.metrics = run_dir / "metrics.jsonl"
+        self.dir, self.main, self.label, self.tb = run_dir, main, None, None
+        self.metrics, self.curve = run_dir / "metrics.jsonl", run_dir / "curve.png"
         if not main:
             return
         reasons = provenance.random_weight_reasons(cfg.data.train_stores, asdict(cfg.model), cfg.init_from)
@@ -114,13 +142,56 @@ class RunLog:
         if resumed_step is not None and self.metrics.exists():  # drop lines past the checkpoint
             keep = [ln for ln in self.metrics.read_text().splitlines() if json.loads(ln).get("step", 0) <= resumed_step]
             self.metrics.write_text("".join(ln + "\n" for ln in keep))
-        elif resumed_step is None:
+            self.draw_curve()  # the trimmed log's picture
+        elif resumed_step is None:  # a fresh run: no picture or events of an earlier one
             self.metrics.write_text("")
+            self.curve.unlink(missing_ok=True)
+            shutil.rmtree(run_dir / "tb", ignore_errors=True)
+        if cfg.log.tensorboard:
+            # purge_step: TensorBoard hides events a pre-empted run logged past its checkpoint,
+            # as the trimmed metrics.jsonl drops their lines
+            purge = None if resumed_step is None else resumed_step + 1
+            self.tb = tensorboard_writer()(str(run_dir / "tb"), purge_step=purge)
 
     def write(self, **record) -> None:
         if self.main:
             with self.metrics.open("a") as f:
                 f.write(json.dumps(record) + "\n")
+            if self.tb is not None:
+                for key, tag in TB_TAGS.get(record["kind"], {}).items():
+                    if key in record:
+                        self.tb.add_scalar(tag, record[key], record["step"])
+
+    def close_epoch(self, record: dict, epochs: int, best: bool) -> None:
+        """The epoch's one terminal line (through tqdm.write: whether or not a bar is showing),
+        then curve.png redrawn and the TensorBoard events flushed."""
+        if not self.main:
+            return
+        from tqdm import tqdm
+
+        parts = []
+        if "train_loss" in record:
+            parts.append(f"train loss {record['train_loss']:.3f}")
+        if "val_max_f" in record:
+            parts.append(
+                f"val F_max {record['val_max_f']:.3f} MAE {record['val_mae']:.3f}" + (" (best)" if best else "")
+            )
+        tqdm.write(f"epoch {record['epoch'] + 1}/{epochs}: " + (" | ".join(parts) or "no steps"))
+        self.draw_curve()
+        if self.tb is not None:
+            self.tb.flush()
+
+    def draw_curve(self) -> None:
+        from pdfnet_pipeline.train.curve import plot_training_curve, read_metrics
+
+        try:
+            plot_training_curve(read_metrics(self.metrics), self.curve, self.label)
+        except OSError as err:  # a picture: training goes on without it
+            print(f"warning: cannot write {self.curve}: {err}", file=sys.stderr)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
 
     def bar(self, total: int, initial: int, desc: str, enabled: bool):
         if not (self.main and enabled):
@@ -187,6 +258,8 @@ class Trainer:
                     model_config=self.model_config,
                     keep=self.cfg.keep,
                     rank_rng=rng,
+                    # the model file records the depth input it was trained on (predict's defaults)
+                    depth=provenance.trained_depth(self.cfg.data.train_stores, self.model_config, self.cfg.init_from),
                 )
             except ckpt.CheckpointWriteError as err:
                 error = str(err)
@@ -407,6 +480,27 @@ def check_mid_epoch_resume(state: ckpt.TrainState, saved: dict, cfg: Config, wor
         )
 
 
+def save_initial(model: torch.nn.Module, cfg: Config, rt: runtime.Runtime) -> None:
+    """A fresh run's starting weights as run_dir/initial.safetensors (rank 0; the writer of
+    best.safetensors, under a temporary name renamed into place): step 0 of a run from random
+    init, or the init_from model a fine-tune starts from. A resume never rewrites it."""
+    path, error = cfg.run_dir / "initial.safetensors", None
+    # the depth settings the checkpoints record too (eval / predict feed it the same maps); read
+    # on every rank, so a store problem stops them all alike
+    depth = provenance.trained_depth(cfg.data.train_stores, asdict(cfg.model), cfg.init_from)
+    if rt.main:
+        tmp = cfg.run_dir / f".initial.safetensors.tmp-{os.getpid()}"
+        try:
+            ckpt.save_weights(model, tmp, depth)
+            os.replace(tmp, path)
+        except ckpt.WRITE_ERRORS as err:
+            tmp.unlink(missing_ok=True)
+            error = f"cannot write {path}: {err}; free space or fix the disk and rerun"
+    error = rt.broadcast(error)  # every rank stops on rank 0's failed write
+    if error:
+        raise ckpt.CheckpointWriteError(error)
+
+
 def _clear_run_dir(run_dir: Path, old: list[Path]) -> None:
     """overwrite=true: the previous run's checkpoints, best model and sample images go."""
     for p in old:
@@ -416,6 +510,8 @@ def _clear_run_dir(run_dir: Path, old: list[Path]) -> None:
 
 def _setup(cfg: Config, rt: runtime.Runtime, model: torch.nn.Module | None) -> Trainer:
     old = check_run_dir(cfg)  # before any work: a refused run costs nothing
+    if cfg.log.tensorboard:
+        tensorboard_writer()  # not installed: fail now, on every rank
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed_all(cfg.seed)  # same initial weights on every rank
@@ -450,6 +546,8 @@ def _setup(cfg: Config, rt: runtime.Runtime, model: torch.nn.Module | None) -> T
     if cfg.compile:  # static shapes: one compile; the train loader drops the last partial batch
         train_model = torch.compile(train_model, dynamic=False)
     log = RunLog(cfg.run_dir, cfg, rt.main, resumed)
+    if resumed is None:
+        save_initial(model, cfg, rt)
     return Trainer(
         cfg,
         rt,
@@ -473,7 +571,10 @@ def train(cfg: Config, model: torch.nn.Module | None = None) -> TrainResult:
             start_workers_early(cfg.data)  # the worker server imports while the model is built
             trainer = _setup(cfg, rt, model)
             trainer.stop = stop
-            return _train(trainer)
+            try:
+                return _train(trainer)
+            finally:
+                trainer.log.close()
     finally:
         rt.shutdown()
 
@@ -538,6 +639,7 @@ def _train(t: Trainer) -> TrainResult:
         path = t.save()
         if scores is not None:
             t.mark_best(path, {"max_f": scores["max_f"], "mae": scores["mae"], "step": t.state.step})
+        t.log.close_epoch(record, cfg.epochs, best=scores is not None)
         if cfg.max_steps and t.state.step >= cfg.max_steps:
             break
         if t.agree_to_stop():  # a signal during the close-out: its checkpoint was just written
