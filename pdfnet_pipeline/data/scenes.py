@@ -48,11 +48,15 @@ def _hsv(h: float, s: float, v: float) -> np.ndarray:
     return np.array(colorsys.hsv_to_rgb(h % 1.0, s, v), dtype=np.float32)
 
 
+def _luma(rgb: np.ndarray) -> float:
+    return float(rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32))
+
+
 def _background(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
-    """A muted, darker far plane: two greyish colours mixed by smooth noise, defocused."""
+    """A muted, darker far plane: two greyish colours (luma <= 0.45) mixed by smooth noise, defocused."""
     hue = rng.random()
-    a = _hsv(hue, rng.uniform(0.0, 0.2), rng.uniform(0.2, 0.6))
-    b = _hsv(hue + rng.uniform(-0.15, 0.15), rng.uniform(0.0, 0.2), rng.uniform(0.2, 0.6))
+    a = _hsv(hue, rng.uniform(0.0, 0.2), rng.uniform(0.2, 0.45))
+    b = _hsv(hue + rng.uniform(-0.15, 0.15), rng.uniform(0.0, 0.2), rng.uniform(0.2, 0.45))
     mix = 0.75 * _noise(rng, w, h, 4) + 0.25 * _noise(rng, w, h, 12)
     rgb = a * mix[..., None] + b * (1 - mix[..., None])
     rgb = np.clip(rgb * 255, 0, 255).astype(np.uint8)
@@ -60,12 +64,16 @@ def _background(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
 
 
 def _foreground(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
-    """A saturated, lit material with its own grain (sharp: the near plane)."""
-    colour = _hsv(rng.random(), rng.uniform(0.65, 1.0), rng.uniform(0.75, 1.0))
+    """A saturated, lit material with its own grain (sharp: the near plane), brighter than any far
+    plane whatever its hue: dark hues (blue, violet) are tinted towards white up to luma 0.55, so
+    hue is never the only cue (a model that saw few blue objects still finds them)."""
+    colour = _hsv(rng.random(), rng.uniform(0.65, 1.0), rng.uniform(0.8, 1.0))
+    lift = max(0.0, (0.55 - _luma(colour)) / (1.0 - _luma(colour)))
+    colour = colour + (1 - colour) * lift
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     light = 0.85 + 0.15 * (1 - (xx / w + yy / h) / 2)
     grain = 0.9 + 0.2 * _noise(rng, w, h, max(w, h) // 6)
-    return colour[None, None] * (grain * light)[..., None]
+    return np.clip(colour[None, None] * (grain * light)[..., None], 0, 1)
 
 
 def _width(rng: np.random.Generator, lo: int = 4, hi: int = 9) -> int:
