@@ -76,9 +76,11 @@ def check_batching(model, ds: StoreDataset, tmp: Path) -> None:
     for sid, (h, w) in zip(ds.ids, NATIVE):
         assert one[sid].shape == (h, w) and one[sid].dtype == np.uint8
         np.testing.assert_array_equal(one[sid], ref[sid])
-        # Exact on the CPU (measured: the kernels work per sample); the documented contract, for
-        # GPUs whose kernels may pick other reduction orders by batch size, is one level.
-        np.testing.assert_array_equal(two[sid], one[sid])
+        # The documented contract: one level at most (kernels may pick other reduction orders by
+        # batch size). Exact on the Intel VMs of earlier sessions; on an AMD EPYC one pixel of
+        # 60,000 moved by one level. Nearly every pixel must still agree exactly.
+        diff = np.abs(two[sid].astype(int) - one[sid].astype(int))
+        assert diff.max() <= 1 and (diff > 0).mean() < 1e-3, (sid, diff.max(), (diff > 0).sum())
     assert len({one[s].tobytes() for s in ds.ids}) == 3  # three different predictions: can fail
 
 

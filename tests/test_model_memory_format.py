@@ -14,7 +14,9 @@ def _is_channels_last_only(t: torch.Tensor) -> bool:
 
 def test_channels_last_encoder_keeps_the_format_and_the_values():
     """A channels-last model gets channels-last stage outputs (the B H W C map permuted, no NCHW
-    copy) equal bit for bit to the default model's NCHW outputs; the default stays NCHW."""
+    copy) equal to the default model's NCHW outputs to float rounding; the default stays NCHW.
+    Bit for bit on the Intel VMs of earlier sessions; on an AMD EPYC oneDNN's channels-last patch
+    convolution sums in another order (measured: <= 6.1e-7 of each stage's max)."""
     torch.manual_seed(0)
     enc = SwinEncoder(PRESETS["tiny"][0]).eval()
     enc_cl = copy.deepcopy(enc).to(memory_format=torch.channels_last)
@@ -25,5 +27,5 @@ def test_channels_last_encoder_keeps_the_format_and_the_values():
             kept = enc_cl(inp)
             for a, b in zip(kept, plain):
                 assert _is_channels_last_only(a), a.stride()
-                assert torch.equal(a, b)
+                torch.testing.assert_close(a, b, rtol=0, atol=2e-6 * b.abs().max().item())
     assert all(t.is_contiguous() for t in plain)
