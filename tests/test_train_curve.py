@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 from test_train_loop import toy, toy_cfg
-from train_fixtures import random_store, sample_store
+from train_fixtures import TIMING, sample_store, toy_stores
 
 from pdfnet_pipeline.errors import UserError
 from pdfnet_pipeline.train import checkpoint as ckpt
@@ -25,15 +25,11 @@ from pdfnet_pipeline.train.curve import plot_training_curve, read_metrics
 from pdfnet_pipeline.train.loop import TB_TAGS, seed_all, train
 
 CURVE_SIZE = (1210, 495)  # 11 x 4.5 inches at 110 dpi, as eval's curves.png
-TIMING = {"time", "seconds", "samples_per_s"}
 
 
 @pytest.fixture()
 def stores(tmp_path):
-    return (
-        random_store(tmp_path / "tr.zarr", n=5, size=32, seed=1),
-        random_store(tmp_path / "vd.zarr", n=3, size=32, seed=2, prefix="v"),
-    )
+    return toy_stores(tmp_path)
 
 
 def _records(run: Path) -> list[dict]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from train_fixtures import DEPTHS, ToyNet, ToyOutput, random_store, write_store
+from train_fixtures import DEPTHS, ToyNet, ToyOutput, toy_stores, write_store
 
 from pdfnet_pipeline import config as cfgmod
 from pdfnet_pipeline.data.dataset import DataConfig, EpochSampler
@@ -49,10 +49,7 @@ def weights(run_dir: Path) -> dict:
 
 @pytest.fixture()
 def stores(tmp_path):
-    return (
-        random_store(tmp_path / "tr.zarr", n=5, size=32, seed=1),
-        random_store(tmp_path / "vd.zarr", n=3, size=32, seed=2, prefix="v"),
-    )
+    return toy_stores(tmp_path)
 
 
 def test_resume_continues_bit_exactly(tmp_path, stores):

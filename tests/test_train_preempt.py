@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors import SafetensorError
 from test_train_loop import toy, toy_cfg, weights
-from train_fixtures import random_store, sample_store
+from train_fixtures import TIMING, random_store, sample_store, toy_stores
 
 from pdfnet_pipeline import preempt
 from pdfnet_pipeline import store as store_mod
@@ -27,15 +27,11 @@ from pdfnet_pipeline.train import checkpoint as ckpt
 from pdfnet_pipeline.train.loop import Trainer, train
 
 TESTS = Path(__file__).resolve().parent
-TIMING = {"time", "seconds", "samples_per_s"}
 
 
 @pytest.fixture()
 def stores(tmp_path):
-    return (
-        random_store(tmp_path / "tr.zarr", n=5, size=32, seed=1),
-        random_store(tmp_path / "vd.zarr", n=3, size=32, seed=2, prefix="v"),
-    )
+    return toy_stores(tmp_path)
 
 
 def records(run_dir: Path) -> list[dict]:

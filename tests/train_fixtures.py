@@ -16,6 +16,7 @@ from PIL import Image, ImageFilter
 from pdfnet_pipeline import store
 
 DEPTHS = ("small", "base", "large", "large_1024")
+TIMING = {"time", "seconds", "samples_per_s"}  # metrics.jsonl fields that differ between equal runs
 
 
 def write_store(
@@ -56,6 +57,14 @@ def random_store(
     base = rng.random((n, size, size)) * 0.5
     depths = {name: (base + k / 8).astype(np.float16) for k, name in enumerate(DEPTHS) if name in maps}
     return write_store(path, images, masks, depths, [f"{prefix}{i}" for i in range(n)], done)
+
+
+def toy_stores(tmp_path: Path) -> tuple[Path, Path]:
+    """The loop-mechanics tests' train (5 samples) and validation (3) stores, 32 px."""
+    return (
+        random_store(tmp_path / "tr.zarr", n=5, size=32, seed=1),
+        random_store(tmp_path / "vd.zarr", n=3, size=32, seed=2, prefix="v"),
+    )
 
 
 def sample_store(path: Path, split: str, count: int, size: int, seed: int = 0) -> Path:
