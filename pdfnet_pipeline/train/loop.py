@@ -228,6 +228,9 @@ class Trainer:
     state: ckpt.TrainState
     log: RunLog
     model_config: dict
+    # What every model file of the run records about its depth input (predict's defaults): read
+    # from the stores once at setup, not at every save.
+    depth: object
     result: TrainResult = field(default_factory=TrainResult)
     stop: preempt.StopFlag = field(default_factory=preempt.StopFlag)
     stopping: bool = False  # some rank got a stop signal; every rank agrees on it at a step boundary
@@ -258,8 +261,7 @@ class Trainer:
                     model_config=self.model_config,
                     keep=self.cfg.keep,
                     rank_rng=rng,
-                    # the model file records the depth input it was trained on (predict's defaults)
-                    depth=provenance.trained_depth(self.cfg.data.train_stores, self.model_config, self.cfg.init_from),
+                    depth=self.depth,
                 )
             except ckpt.CheckpointWriteError as err:
                 error = str(err)
@@ -480,14 +482,11 @@ def check_mid_epoch_resume(state: ckpt.TrainState, saved: dict, cfg: Config, wor
         )
 
 
-def save_initial(model: torch.nn.Module, cfg: Config, rt: runtime.Runtime) -> None:
+def save_initial(model: torch.nn.Module, cfg: Config, rt: runtime.Runtime, depth) -> None:
     """A fresh run's starting weights as run_dir/initial.safetensors (rank 0; the writer of
     best.safetensors, under a temporary name renamed into place): step 0 of a run from random
     init, or the init_from model a fine-tune starts from. A resume never rewrites it."""
     path, error = cfg.run_dir / "initial.safetensors", None
-    # the depth settings the checkpoints record too (eval / predict feed it the same maps); read
-    # on every rank, so a store problem stops them all alike
-    depth = provenance.trained_depth(cfg.data.train_stores, asdict(cfg.model), cfg.init_from)
     if rt.main:
         tmp = cfg.run_dir / f".initial.safetensors.tmp-{os.getpid()}"
         try:
@@ -546,8 +545,11 @@ def _setup(cfg: Config, rt: runtime.Runtime, model: torch.nn.Module | None) -> T
     if cfg.compile:  # static shapes: one compile; the train loader drops the last partial batch
         train_model = torch.compile(train_model, dynamic=False)
     log = RunLog(cfg.run_dir, cfg, rt.main, resumed)
+    # The depth settings every model file records (eval / predict feed the same maps); read on
+    # every rank, so a store problem stops them all alike.
+    depth = provenance.trained_depth(cfg.data.train_stores, model_config, cfg.init_from)
     if resumed is None:
-        save_initial(model, cfg, rt)
+        save_initial(model, cfg, rt, depth)
     return Trainer(
         cfg,
         rt,
@@ -559,6 +561,7 @@ def _setup(cfg: Config, rt: runtime.Runtime, model: torch.nn.Module | None) -> T
         state,
         log,
         model_config,
+        depth,
         TrainResult(state=state, is_main=rt.main),
     )
 
