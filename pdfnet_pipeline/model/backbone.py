@@ -162,19 +162,21 @@ class BackboneWeightsError(UserError, RuntimeError):
 
 
 def _hub_state(name: str) -> dict[str, torch.Tensor]:
-    """timm's pretrained weights of `name`; from the cache only when the Hub cannot be reached
-    (`hub.unreachable`), so an offline machine fails at once instead of after download retries."""
+    """timm's pretrained weights of `name`: from the Hugging Face cache first (no network), then a
+    download only when the Hub answers (`hub.unreachable`), so an offline machine fails at once
+    instead of after download retries and a cached run never asks the network."""
     from pdfnet_pipeline.hub import cache_only, unreachable
 
-    reason = unreachable()
-    if reason is None:
-        return timm.create_model(name, pretrained=True, num_classes=0).state_dict()
     try:
         with cache_only():
             return timm.create_model(name, pretrained=True, num_classes=0).state_dict()
     except Exception as err:  # timm / huggingface_hub raise several types for a missing cached file
-        raise BackboneWeightsError(
-            f"cannot load the Swin ImageNet weights {name!r}: not in the Hugging Face cache, and {reason} "
-            f"({type(err).__name__}); set model.backbone_weights to a local .pth / .safetensors file "
-            f'(--set model.backbone_weights=\'"FILE"\'), or to "random" to just see the pipeline'
-        ) from None
+        missing = type(err).__name__
+    reason = unreachable()
+    if reason is None:
+        return timm.create_model(name, pretrained=True, num_classes=0).state_dict()
+    raise BackboneWeightsError(
+        f"cannot load the Swin ImageNet weights {name!r}: not in the Hugging Face cache, and {reason} "
+        f"({missing}); set model.backbone_weights to a local .pth / .safetensors file "
+        f'(--set model.backbone_weights=\'"FILE"\'), or to "random" to just see the pipeline'
+    )
