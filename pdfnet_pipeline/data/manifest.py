@@ -24,11 +24,21 @@ from pdfnet_pipeline.repo_data import repo_dir
 FORMAT = "pdfnet-manifest"
 VERSION = 1
 DIS_SPLITS = ("DIS-TR", "DIS-VD", "DIS-TE1", "DIS-TE2", "DIS-TE3", "DIS-TE4")
+PAIR_SPLITS = ("train", "val", "test")  # a folder of pairs, split by `data manifest`
+SPLIT_ORDER = {s: i for i, s in enumerate(DIS_SPLITS + PAIR_SPLITS)}
 IMAGE_DIRS = ("im", "images")
 MASK_DIRS = ("gt", "masks")
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 MASK_EXTS = {".png", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg"}
 OFFICIAL_DIR = repo_dir("data_manifests/official", "official_lists")
+# What a split is for, by name: DIS-5K's names, and those `data manifest` gives a folder of pairs.
+TRAIN_SPLITS = (DIS_SPLITS[0], PAIR_SPLITS[0])
+VAL_SPLITS = (DIS_SPLITS[1], PAIR_SPLITS[1])
+
+
+def split_role(name: str) -> str:
+    """ "train", "val" or "test" (any other split is held out for evaluation)."""
+    return "train" if name in TRAIN_SPLITS else "val" if name in VAL_SPLITS else "test"
 
 
 class ManifestError(UserError, ValueError):
@@ -59,8 +69,7 @@ class Manifest:
     entries: list[ManifestEntry] = field(default_factory=list)
 
     def splits(self) -> list[str]:
-        order = {s: i for i, s in enumerate(DIS_SPLITS)}
-        return sorted({e.split for e in self.entries}, key=lambda s: (order.get(s, 99), s))
+        return sorted({e.split for e in self.entries}, key=lambda s: (SPLIT_ORDER.get(s, 99), s))
 
     def split(self, name: str) -> list[ManifestEntry]:
         entries = [e for e in self.entries if e.split == name]
@@ -102,8 +111,7 @@ def _by_stem(folder: Path, exts: set[str]) -> dict[str, Path]:
 def find_splits(root: Path) -> list[str]:
     """Sub-folders of root in the split layout, DIS-5K order first."""
     found = [d.name for d in root.iterdir() if d.is_dir() and _find_dir(d, IMAGE_DIRS) and _find_dir(d, MASK_DIRS)]
-    order = {s: i for i, s in enumerate(DIS_SPLITS)}
-    return sorted(found, key=lambda s: (order.get(s, 99), s))
+    return sorted(found, key=lambda s: (SPLIT_ORDER.get(s, 99), s))
 
 
 def official_names(split: str, official_dir: Path = OFFICIAL_DIR) -> set[str] | None:

@@ -207,10 +207,10 @@ def _predict_split(
 
 
 def default_splits(manifest) -> list[str]:
-    """Every split of the manifest except the training one (DIS-TR)."""
-    from pdfnet_pipeline.data.manifest import DIS_SPLITS
+    """Every split of the manifest except the training one (DIS-TR, or train)."""
+    from pdfnet_pipeline.data.manifest import split_role
 
-    return [s for s in manifest.splits() if s != DIS_SPLITS[0]]
+    return [s for s in manifest.splits() if split_role(s) != "train"]
 
 
 def _open_stores(cfg: Config, manifest) -> dict:
