@@ -164,3 +164,36 @@ def test_draft_mode_decodes_big_jpeg_smaller(tmp_path):
     out = load_image(big, draft_min_side=1000)
     assert out.shape == (1500, 2000, 3)  # libjpeg scale 1/2 keeps the short side >= 1000
     assert abs(int(out[10, 10, 1]) - 200) <= 2
+
+
+def test_cutout_mask_alpha_is_the_mask(tmp_path, car_rgb):
+    """A mask exported as a cut-out (the photo's colours, the object in the alpha) reads as its
+    alpha; an opaque alpha carries nothing, so that mask reads from its colours as before."""
+    h, w = car_rgb.shape[:2]
+    alpha = np.zeros((h, w), np.uint8)
+    alpha[50:200, 100:300] = 255
+    alpha[60:70, 100:300] = 128  # a soft edge survives as is
+    cutout = tmp_path / "cutout.png"
+    Image.fromarray(np.dstack([car_rgb, alpha])).save(cutout)
+    np.testing.assert_array_equal(load_mask(cutout), alpha)
+    _, mask = load_pair(_save_jpg(tmp_path, car_rgb), cutout)  # sizes checked as for any mask
+    np.testing.assert_array_equal(mask, alpha)
+    la = tmp_path / "la.png"
+    Image.fromarray(np.dstack([car_rgb[..., 0], alpha]), "LA").save(la)
+    np.testing.assert_array_equal(load_mask(la), alpha)
+    # A palette mask whose background colour is transparent (index 0): foreground = opaque.
+    pal = Image.fromarray((alpha > 0).astype(np.uint8), "P")
+    pal.putpalette([0, 0, 0, 200, 30, 30])
+    pal.save(tmp_path / "p.png", transparency=0)
+    np.testing.assert_array_equal(load_mask(tmp_path / "p.png"), np.where(alpha > 0, 255, 0))
+    # Opaque alpha: the grey values are the mask (today's behaviour for RGBA-saved grey masks).
+    grey = np.where(alpha > 0, 255, 0).astype(np.uint8)
+    opaque = tmp_path / "opaque.png"
+    Image.fromarray(np.dstack([grey, grey, grey, np.full_like(grey, 255)])).save(opaque)
+    np.testing.assert_array_equal(load_mask(opaque), grey)
+
+
+def _save_jpg(folder, rgb):
+    path = folder / "photo.jpg"
+    Image.fromarray(rgb).save(path)
+    return path

@@ -8,6 +8,10 @@ report it by name and carry on (or stop) as the user chose. What is handled and 
 - CMYK, palette, LA/RGBA, 16-bit and grayscale images: converted to 8-bit RGB (alpha dropped:
   these are photos, not cut-outs);
 - masks: any mode to 8-bit single channel (16-bit scaled, RGB averaged to luma, palette via RGB);
+- cut-out masks: a mask file with an alpha channel (RGBA, LA, PA, or palette / grey / RGB with a
+  transparent colour) whose alpha is not all 255 is a cut-out exported from an editor (the object
+  on a transparent background): its alpha IS the mask, whatever the colours. A fully opaque alpha
+  carries nothing, so such a mask is read from its colours (luma) like any other;
 - decompression bombs: a pixel limit checked from the header before any decoding.
 """
 
@@ -82,6 +86,16 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB") if im.mode != "RGB" else im
 
 
+def _cutout_alpha(im: Image.Image) -> np.ndarray | None:
+    """The alpha channel of a cut-out mask, or None for a mask without a (non-opaque) alpha."""
+    has_alpha = im.mode in ("RGBA", "LA", "PA") or (im.mode in ("P", "L", "RGB") and "transparency" in im.info)
+    if not has_alpha:
+        return None
+    alpha = np.asarray(im.convert("RGBA").getchannel("A"))
+    # An opaque alpha (a grey mask saved as RGBA) says nothing: read the colours as before.
+    return None if alpha.min(initial=255) == 255 else alpha
+
+
 def load_image(
     path: Path | str,
     *,
@@ -114,6 +128,9 @@ def load_mask(
     im = _decode(path, _open(path, max_pixels))
     if size is not None and im.size != tuple(size):
         raise BadInputError(path, f"mask is {im.size[0]}x{im.size[1]} but its image is {size[0]}x{size[1]}")
+    alpha = _cutout_alpha(im)
+    if alpha is not None:
+        return alpha
     if im.mode == "L":
         return np.asarray(im)
     if im.mode == "1":
