@@ -3,41 +3,73 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from pdfnet_pipeline.data.manifest import Manifest
 
 
 def _manifest(
     root: Annotated[
-        Path, typer.Argument(help="Dataset root with DIS-TR, DIS-VD, DIS-TE1..4 (im/ + gt/ or images/ + masks/).")
+        Path,
+        typer.Argument(
+            help="Dataset root: split folders (DIS-TR, DIS-VD, DIS-TE1..4 or your own names, each with im/ + gt/ "
+            "or images/ + masks/), or a folder of pairs (ROOT/im + ROOT/gt, ROOT/images + ROOT/masks, or "
+            "--images / --masks; sub-folders allowed), which is split into train / val / test."
+        ),
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Manifest file to write (JSONL).")],
     split: Annotated[
-        list[str] | None, typer.Option(help="Only these splits (repeatable); default: every split folder.")
+        list[str] | None,
+        typer.Option(help="Split layout: only these splits (repeatable); default: every split folder."),
     ] = None,
     allow_mismatch: Annotated[
         bool, typer.Option(help="Write the manifest even if DIS-VD/TE1..4 differ from the official name lists.")
     ] = False,
     skip_bad: Annotated[
         bool,
-        typer.Option(help="Leave unreadable / unpaired / mis-sized files out (each reported) instead of stopping."),
+        typer.Option(
+            help="Leave unreadable / unpaired / duplicate / mis-sized files out (each reported) instead of stopping."
+        ),
     ] = False,
     workers: Annotated[int | None, typer.Option(help="Decoding processes (default: all cores, at most 8).")] = None,
     max_pixels: Annotated[
         int, typer.Option(help="Refuse images with more pixels (decompression bombs).")
     ] = 200_000_000,
+    images: Annotated[
+        str | None, typer.Option(help="Folder of pairs: the images folder, relative to ROOT (default im/ or images/).")
+    ] = None,
+    masks: Annotated[
+        str | None, typer.Option(help="Folder of pairs: the masks folder, relative to ROOT (default gt/ or masks/).")
+    ] = None,
+    val_fraction: Annotated[
+        float | None, typer.Option(help="Folder of pairs: share of the pairs for val (default 0.1; 0: no val).")
+    ] = None,
+    test_fraction: Annotated[
+        float | None, typer.Option(help="Folder of pairs: share of the pairs for test (default 0.1; 0: no test).")
+    ] = None,
+    split_seed: Annotated[
+        int | None, typer.Option(help="Folder of pairs: seed of the train / val / test draw (default 0).")
+    ] = None,
 ) -> None:
     """Scan ROOT, decode and hash every image/mask pair, check the official lists, write FILE."""
     from pdfnet_pipeline.data.manifest import ManifestError, scan, write_manifest
+    from pdfnet_pipeline.data.pairs import PairOptions
 
+    options = PairOptions(images, masks, val_fraction, test_fraction, split_seed)
     try:
-        result = scan(root, split, workers=workers, max_pixels=max_pixels)
+        result = scan(root, split, workers=workers, max_pixels=max_pixels, pairs=options)
     except ManifestError as err:
+        for problem in getattr(err, "problems", []):  # the bad files that made a split too small
+            typer.echo(f"bad input: {problem}", err=True)
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
     for problem in result.problems:
         typer.echo(f"bad input: {problem}", err=True)
+    for warning in result.warnings:
+        typer.echo(f"warning: {warning}", err=True)
     _report_mismatches(result.mismatches, out)
     for note in result.notes:
         typer.echo(f"official list: {note}", err=True)
@@ -53,8 +85,17 @@ def _manifest(
         typer.echo(f"error: no manifest written: {'; '.join(hints)}", err=True)
         raise typer.Exit(1)
     write_manifest(result.manifest, out)
-    counts = ", ".join(f"{s} {len(result.manifest.split(s))}" for s in result.manifest.splits())
-    typer.echo(f"wrote {out}: {len(result.manifest.entries)} samples ({counts})")
+    typer.echo(_written_line(out, result.manifest))
+
+
+def _written_line(out: Path, manifest: Manifest) -> str:
+    """`wrote F: N samples (per split)`, and for a folder of pairs how it was split."""
+    counts = ", ".join(f"{s} {len(manifest.split(s))}" for s in manifest.splits())
+    line = f"wrote {out}: {len(manifest.entries)} samples ({counts})"
+    pairs = manifest.info.get("pairs")
+    if pairs:
+        line += f"; split seeded {pairs['seed']}, val {pairs['val_fraction']:g}, test {pairs['test_fraction']:g}"
+    return line
 
 
 def _report_mismatches(lines: list[str], out: Path, shown: int = 10) -> None:

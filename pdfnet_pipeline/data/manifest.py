@@ -1,9 +1,14 @@
-"""Dataset manifests: scan a DIS-5K-layout root, verify every file, write / read JSONL.
+"""Dataset manifests: scan a dataset root, verify every file, write / read JSONL.
 
-Layout: ROOT/<split>/{im,gt} (DIS-5K as distributed) or ROOT/<split>/{images,masks} (the PDFNet
-reference's naming); images and masks pair by file stem. Any split folder in that layout is
-accepted (custom datasets); the DIS-VD / DIS-TE1..4 folders are also checked against the official
-name lists shipped in data_manifests/official.
+Two layouts. The split layout: ROOT/<split>/{im,gt} (DIS-5K as distributed) or
+ROOT/<split>/{images,masks} (the PDFNet reference's naming); images and masks pair by file stem.
+Any split folder in that layout is accepted (custom datasets); the DIS-VD / DIS-TE1..4 folders are
+also checked against the official name lists shipped in data_manifests/official.
+A folder of pairs (ROOT with one images and one masks folder, no split folders): paired and split
+into train / val / test by pairs.py; the manifest's header line records how (`Manifest.info`).
+
+Every mask is decoded here anyway, so one with no foreground or no background (all black / all
+white) is flagged as a warning: usually a mis-exported file, though it can be meant.
 """
 
 from __future__ import annotations
@@ -14,12 +19,17 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import numpy as np
 from tqdm import tqdm
 
 from pdfnet_pipeline.data.images import DEFAULT_MAX_PIXELS, BadInputError, load_pair
 from pdfnet_pipeline.errors import UserError
 from pdfnet_pipeline.repo_data import repo_dir
+
+if TYPE_CHECKING:
+    from pdfnet_pipeline.data.pairs import PairFolder, PairOptions
 
 FORMAT = "pdfnet-manifest"
 VERSION = 1
@@ -67,6 +77,9 @@ class ManifestEntry:
 class Manifest:
     root: Path
     entries: list[ManifestEntry] = field(default_factory=list)
+    # Header keys beyond format / version / root, e.g. {"pairs": {...}}: how a folder of pairs was
+    # split. Empty for the split layout, whose header stays as it always was.
+    info: dict = field(default_factory=dict)
 
     def splits(self) -> list[str]:
         return sorted({e.split for e in self.entries}, key=lambda s: (SPLIT_ORDER.get(s, 99), s))
@@ -151,13 +164,32 @@ def _pair_split(root: Path, split: str) -> tuple[list[tuple[str, Path, Path]], l
     return pairs, problems
 
 
-def _verify(job: tuple[str, str, Path, Path, Path, int]) -> ManifestEntry | Problem:
+def mask_warning(mask: np.ndarray) -> str | None:
+    """Why a mask looks wrong though it decodes (a uniform mask has nothing to segment)."""
+    if mask.max(initial=0) == 0:
+        return "mask is all black (no foreground)"
+    if mask.min(initial=255) == 255:
+        return "mask is all white (no background)"
+    return None
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """One verified pair: an entry (maybe with a warning: kept) or a problem (left out)."""
+
+    entry: ManifestEntry | None = None
+    problem: Problem | None = None
+    warning: Problem | None = None
+
+
+def _verify(job: tuple[str, str, Path, Path, Path, int]) -> _Checked:
     split, stem, root, image, mask, max_pixels = job
     try:
-        img, _ = load_pair(image, mask, max_pixels=max_pixels)
+        img, gt = load_pair(image, mask, max_pixels=max_pixels)
     except BadInputError as err:
-        return Problem(err.path, err.reason)
-    return ManifestEntry(
+        return _Checked(problem=Problem(err.path, err.reason))
+    reason = mask_warning(gt)
+    entry = ManifestEntry(
         split=split,
         id=stem,
         image=image.relative_to(root).as_posix(),
@@ -167,6 +199,24 @@ def _verify(job: tuple[str, str, Path, Path, Path, int]) -> ManifestEntry | Prob
         image_sha256=_sha256(image),
         mask_sha256=_sha256(mask),
     )
+    return _Checked(entry=entry, warning=Problem(mask, reason) if reason else None)
+
+
+def _verify_all(
+    jobs: list[tuple[str, str, Path, Path, Path, int]], workers: int | None, progress: bool
+) -> tuple[list[ManifestEntry], list[Problem], list[Problem]]:
+    """(entries, problems, warnings) of the jobs, decoded in worker processes."""
+    workers = workers or min(8, os.cpu_count() or 1)
+    bar = dict(total=len(jobs), desc="verify", unit="img", disable=not progress)
+    if workers > 1 and len(jobs) > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            results = list(tqdm(pool.map(_verify, jobs, chunksize=4), **bar))
+    else:
+        results = [_verify(j) for j in tqdm(jobs, **bar)]
+    entries = [r.entry for r in results if r.entry is not None]
+    problems = [r.problem for r in results if r.problem is not None]
+    warnings = [r.warning for r in results if r.warning is not None]
+    return entries, problems, warnings
 
 
 @dataclass
@@ -175,6 +225,7 @@ class ScanResult:
     problems: list[Problem]  # bad or unpaired files: excluded from the manifest
     mismatches: list[str]  # differences to the official lists
     notes: list[str] = field(default_factory=list)  # e.g. splits taken as custom datasets
+    warnings: list[Problem] = field(default_factory=list)  # suspicious but kept (all-black masks)
 
 
 def scan(
@@ -185,14 +236,44 @@ def scan(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     official_dir: Path = OFFICIAL_DIR,
     progress: bool = True,
+    pairs: PairOptions | None = None,
 ) -> ScanResult:
-    """Pair, fully decode and hash every sample (decoding catches truncated files now)."""
+    """Pair, fully decode and hash every sample (decoding catches truncated files now).
+
+    ROOT in the split layout is scanned split by split; a ROOT without split folders is read as a
+    folder of pairs (`pairs`: its folders and split settings; the split layout refuses them)."""
+    from pdfnet_pipeline.data import pairs as pair_folder  # pairs.py builds on this module
+
     root = Path(root).resolve()
     if not root.is_dir():
         raise ManifestError(f"{root}: dataset root not found")
-    splits = splits or find_splits(root)
-    if not splits:
-        raise ManifestError(f"{root}: no split folders with im/ + gt/ (or images/ + masks/) found")
+    options = pairs or pair_folder.PairOptions()
+    found = find_splits(root)
+    if splits or found:
+        if options.given():
+            raise ManifestError(
+                f"{root} has split folders ({', '.join(splits or found)}): {', '.join(options.given())} "
+                "only apply to a folder of pairs (ROOT/images/ + ROOT/masks/ without split folders)"
+            )
+        if splits and not found and pair_folder.has_pair_folders(root):
+            raise ManifestError(
+                f"{root} is a folder of pairs (no split folders): --split applies to the split layout; "
+                "its pairs are split by --val-fraction / --test-fraction"
+            )
+        return _scan_splits(root, splits or found, workers, max_pixels, official_dir, progress)
+    folder = pair_folder.find_pair_folder(root, options)
+    if folder is None:
+        raise ManifestError(
+            f"{root}: no dataset found: looked for split folders (<split>/im/ + <split>/gt/, or "
+            "<split>/images/ + <split>/masks/) and for a folder of pairs (im/ + gt/, or images/ + masks/, "
+            "or folders named with --images / --masks)"
+        )
+    return _scan_pairs(root, folder, workers, max_pixels, progress)
+
+
+def _scan_splits(
+    root: Path, splits: list[str], workers: int | None, max_pixels: int, official_dir: Path, progress: bool
+) -> ScanResult:
     jobs, problems, mismatches, notes = [], [], [], []
     for split in splits:
         pairs, split_problems = _pair_split(root, split)
@@ -204,16 +285,21 @@ def scan(
                 f"{split}: none of the {len(official_names(split, official_dir))} official names: checked as a custom split"
             )
         jobs += [(split, s, root, im, gt, max_pixels) for s, im, gt in pairs]
-    workers = workers or min(8, os.cpu_count() or 1)
-    bar = dict(total=len(jobs), desc="verify", unit="img", disable=not progress)
-    if workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(workers) as pool:
-            results = list(tqdm(pool.map(_verify, jobs, chunksize=4), **bar))
-    else:
-        results = [_verify(j) for j in tqdm(jobs, **bar)]
-    entries = [r for r in results if isinstance(r, ManifestEntry)]
-    problems += [r for r in results if isinstance(r, Problem)]
-    return ScanResult(Manifest(root, entries), problems, mismatches, notes)
+    entries, bad, warnings = _verify_all(jobs, workers, progress)
+    return ScanResult(Manifest(root, entries), problems + bad, mismatches, notes, warnings)
+
+
+def _scan_pairs(root: Path, folder: PairFolder, workers: int | None, max_pixels: int, progress: bool) -> ScanResult:
+    from pdfnet_pipeline.data import pairs as pair_folder
+
+    pairs, problems = pair_folder.pair_files(root, folder)
+    pair_folder.check_split_sizes(len(pairs), folder)  # before the slow part: decoding
+    # The split is drawn after decoding, over the pairs that decoded: "" until then.
+    jobs = [("", s, root, im, gt, max_pixels) for s, im, gt in pairs]
+    entries, bad, warnings = _verify_all(jobs, workers, progress)
+    pair_folder.check_split_sizes(len(entries), folder, bad)
+    entries = pair_folder.assign_splits(entries, folder)
+    return ScanResult(Manifest(root, entries, folder.info(root)), problems + bad, [], [], warnings)
 
 
 def write_manifest(manifest: Manifest, path: Path) -> None:
@@ -222,7 +308,8 @@ def write_manifest(manifest: Manifest, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w") as f:
-        f.write(json.dumps({"format": FORMAT, "version": VERSION, "root": str(manifest.root)}) + "\n")
+        header = {"format": FORMAT, "version": VERSION, "root": str(manifest.root), **manifest.info}
+        f.write(json.dumps(header) + "\n")
         for e in manifest.entries:
             f.write(json.dumps(asdict(e)) + "\n")
     os.replace(tmp, path)
@@ -248,4 +335,6 @@ def read_manifest(path: Path | str, root: Path | str | None = None) -> Manifest:
             entries.append(ManifestEntry(**json.loads(line)))
         except (json.JSONDecodeError, TypeError) as err:
             raise ManifestError(f"{path}:{n}: bad manifest line ({err})") from None
-    return Manifest(Path(root) if root else Path(header["root"]), entries)
+    # Older manifests have no extra header keys; newer ones may (see `Manifest.info`).
+    info = {k: v for k, v in header.items() if k not in ("format", "version", "root")}
+    return Manifest(Path(root) if root else Path(header["root"]), entries, info)
