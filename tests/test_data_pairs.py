@@ -1,6 +1,7 @@
 """A folder of pairs: finding and pairing (extensions, sub-folders, cut-outs), the seeded split,
-and the one-line errors and warnings `data manifest` prints."""
+the one-line errors and warnings `data manifest` prints, and the generated folder sample."""
 
+import hashlib
 import json
 
 import numpy as np
@@ -11,6 +12,7 @@ from pdfnet_pipeline.cli import app
 from pdfnet_pipeline.data.images import load_mask
 from pdfnet_pipeline.data.manifest import ManifestEntry, read_manifest, scan
 from pdfnet_pipeline.data.pairs import PairFolder, PairOptions, assign_splits, split_counts
+from pdfnet_pipeline.data.sample import CUTOUT_INDEX, generate_sample
 
 runner = CliRunner()
 W, H = 24, 16
@@ -250,6 +252,29 @@ def test_all_black_and_all_white_masks_warn_but_are_kept(tmp_path):
     result = scan(split_root, workers=1, progress=False)
     assert [str(w) for w in result.warnings] == [f"{split_root}/s1/gt/x.png: mask is all black (no foreground)"]
     assert len(result.manifest.entries) == 1 and result.manifest.info == {}
+
+
+def test_generated_folder_is_found_whole(tmp_path):
+    out = tmp_path / "mine"
+    paths = generate_sample(out, train=7, per_split=3, seed=0, style="shapes", layout="folder")
+    again = generate_sample(tmp_path / "again", train=7, per_split=3, seed=0, style="shapes", layout="folder")
+    digest = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731
+    assert [digest(p) for p in paths] == [digest(p) for p in again]
+    assert len(paths) == 22 and not (out / "DIS-TR").exists()
+    assert {p.suffix for p in paths} == {".jpg", ".png", ".webp"}
+    assert any(p.parent != out / "images" for p in paths)  # some nested
+    manifest = tmp_path / "m.jsonl"
+    res = _manifest(out, "-o", manifest)
+    assert res.exit_code == 0, res.output
+    assert res.output.strip().endswith(
+        f"wrote {manifest}: 22 samples (train 18, val 2, test 2); split seeded 0, val 0.1, test 0.1"
+    )
+    m = read_manifest(manifest)
+    assert sorted(e.image for e in m.entries) == sorted(p.relative_to(out).as_posix() for p in paths)
+    cutout = next(e for e in m.entries if e.image == paths[CUTOUT_INDEX].relative_to(out).as_posix())
+    assert Image.open(cutout.mask_path(m.root)).mode == "RGBA"
+    mask = load_mask(cutout.mask_path(m.root))
+    assert set(np.unique(mask)) == {0, 255}  # the alpha: the exact drawn mask, not the image's luma
 
 
 def test_help_names_both_layouts():

@@ -119,7 +119,7 @@ def _report_mismatches(lines: list[str], out: Path, shown: int = 10) -> None:
 
 
 def _sample(
-    out: Annotated[Path, typer.Argument(help="Folder to write the DIS-5K-layout sample into.")],
+    out: Annotated[Path, typer.Argument(help="Folder to write the sample into.")],
     per_split: Annotated[int, typer.Option(help="Images in each of DIS-VD, DIS-TE1..4.")] = 3,
     train: Annotated[int, typer.Option(help="Images in DIS-TR.")] = 8,
     seed: Annotated[int, typer.Option(help="Generator seed (same seed, same bytes).")] = 0,
@@ -131,13 +131,22 @@ def _sample(
             "recipe on scenes it was not tuned on); shapes: one solid shape per scene (learnt in a few dozen steps)."
         ),
     ] = "photo",
+    layout: Annotated[
+        str,
+        typer.Option(
+            help="dis: the six DIS-5K split folders; folder: train + 5 * per-split pairs as one folder of pairs "
+            "(images/ + masks/, mixed formats, sub-folders, one RGBA cut-out mask) for `data manifest` to split."
+        ),
+    ] = "dis",
 ) -> None:
-    """Generate a small DIS-5K-layout dataset of thin, wiry objects with exact masks."""
-    from pdfnet_pipeline.data.sample import STYLES, generate_sample
+    """Generate a small dataset of thin, wiry objects with exact masks (DIS-5K layout or a folder of pairs)."""
+    from pdfnet_pipeline.data.sample import LAYOUTS, STYLES, generate_sample
 
     if style not in STYLES:
         raise typer.BadParameter(f"{style!r}: choose one of {', '.join(STYLES)}", param_hint="--style")
-    paths = generate_sample(out, per_split=per_split, seed=seed, train=train, style=style)
+    if layout not in LAYOUTS:
+        raise typer.BadParameter(f"{layout!r}: choose one of {', '.join(LAYOUTS)}", param_hint="--layout")
+    paths = generate_sample(out, per_split=per_split, seed=seed, train=train, style=style, layout=layout)
     typer.echo(f"wrote {len(paths)} image/mask pairs under {out}")
 
 

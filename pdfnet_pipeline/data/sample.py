@@ -6,6 +6,10 @@ binary masks (the mask is what was drawn, no annotation error). The foreground i
 in front of the background: sharp, lit, slightly larger texture scale, while the background is
 blurred like a far plane, so depth carries real information about the object.
 
+Two layouts: "dis" (the default), OUT/<split>/im/*.jpg + gt/*.png for the six DIS-5K splits; and
+"folder", a folder of pairs the way one's own photos often come (see `generate_folder`), which
+`data manifest` pairs and splits itself.
+
 Deterministic: the same seed gives the same bytes on every machine (numpy's PCG64 + Pillow).
 """
 
@@ -164,16 +168,60 @@ def make_styled(style: str, seed: int, split: str, index: int) -> tuple[np.ndarr
     return make_scene(style, seed, split, index)
 
 
+LAYOUTS = ("dis", "folder")
+# The folder layout's image formats, in turn: photos come as JPEG, PNG and WebP alike.
+FOLDER_IMAGE_FORMATS = ((".jpg", {"quality": 95}), (".png", {"optimize": True}), (".webp", {"quality": 90}))
+CUTOUT_INDEX = 0  # the one pair whose mask is an RGBA cut-out
+
+
+def _folder_paths(index: int, stem: str, image_ext: str, mask_ext: str) -> tuple[str, str]:
+    """(image, mask) paths under OUT for pair `index`: most at the top level, every 4th from 1
+    nested on both sides (field/), every 4th from 3 nested on the image side only (phone/): the
+    mask of a stem may be anywhere under masks/."""
+    image_dir, mask_dir = {1: ("images/field", "masks/field"), 3: ("images/phone", "masks")}.get(
+        index % 4, ("images", "masks")
+    )
+    return f"{image_dir}/{stem}{image_ext}", f"{mask_dir}/{stem}{mask_ext}"
+
+
+def generate_folder(out: Path | str, count: int = 23, seed: int = 0, style: str = "photo") -> list[Path]:
+    """Write `count` pairs as OUT/images + OUT/masks (a folder of pairs); returns the image paths.
+
+    Like one's own data: stems without DIS names ({kind}-{index}), images as .jpg / .png / .webp
+    in turn, some pairs in sub-folders (see `_folder_paths`), masks as lossless .png (every 6th
+    .bmp), and pair CUTOUT_INDEX's mask an RGBA cut-out (the image's colours, the mask as alpha)
+    as an editor exports one. No splits: `data manifest` draws train / val / test.
+    """
+    out = Path(out)
+    written = []
+    for i in range(count):
+        image, mask, kind = make_styled(style, seed, "folder", i)
+        image_ext, options = FOLDER_IMAGE_FORMATS[i % len(FOLDER_IMAGE_FORMATS)]
+        image_rel, mask_rel = _folder_paths(i, f"{kind}-{i:03d}", image_ext, ".bmp" if i % 6 == 5 else ".png")
+        for rel in (image_rel, mask_rel):
+            (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(out / image_rel, **options)
+        gt = Image.fromarray(np.dstack([image, mask])) if i == CUTOUT_INDEX else Image.fromarray(mask)
+        gt.save(out / mask_rel)
+        written.append(out / image_rel)
+    return written
+
+
 def generate_sample(
-    out: Path | str, per_split: int = 3, seed: int = 0, train: int = 8, style: str = "photo"
+    out: Path | str, per_split: int = 3, seed: int = 0, train: int = 8, style: str = "photo", layout: str = "dis"
 ) -> list[Path]:
     """Write OUT/<split>/im/*.jpg + gt/*.png for the six DIS-5K splits; returns the image paths.
 
     `train` images go to DIS-TR, `per_split` to each of DIS-VD and DIS-TE1..4. Existing files
-    are overwritten with identical bytes (the generator is deterministic).
+    are overwritten with identical bytes (the generator is deterministic). layout "folder": the
+    same number of pairs (train + 5 * per_split) as one folder of pairs instead (`generate_folder`).
     """
     if style not in STYLES:
         raise ValueError(f"unknown sample style {style!r}; choose one of {', '.join(STYLES)}")
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown sample layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    if layout == "folder":
+        return generate_folder(out, train + 5 * per_split, seed, style)
     out = Path(out)
     written = []
     for split in DIS_SPLITS:
