@@ -233,6 +233,12 @@ def test_bad_files_that_shrink_a_split_are_named_with_the_error(tmp_path):
         "error: val would hold 1 of 14 pairs (--val-fraction 0.1; 1 bad file(s) left out): "
         "raise the fraction, set it to 0, or add images"
     ) in res.output
+    # An unpaired file stops it before decoding, and is named the same way.
+    broken.unlink()
+    res = _manifest(root, "-o", tmp_path / "m.jsonl", "--test-fraction", "0")
+    assert res.exit_code == 2
+    assert f"bad input: {root}/masks/p004.png: no image named p004.* under images/" in res.output
+    assert "error: val would hold 1 of 14 pairs (--val-fraction 0.1; 1 bad file(s) left out)" in res.output
 
 
 def test_all_black_and_all_white_masks_warn_but_are_kept(tmp_path):

@@ -293,11 +293,12 @@ def _scan_pairs(root: Path, folder: PairFolder, workers: int | None, max_pixels:
     from pdfnet_pipeline.data import pairs as pair_folder
 
     pairs, problems = pair_folder.pair_files(root, folder)
-    pair_folder.check_split_sizes(len(pairs), folder)  # before the slow part: decoding
+    # Before the slow part (decoding); the files left out so far explain a count below the user's.
+    pair_folder.check_split_sizes(len(pairs), folder, problems)
     # The split is drawn after decoding, over the pairs that decoded: "" until then.
     jobs = [("", s, root, im, gt, max_pixels) for s, im, gt in pairs]
     entries, bad, warnings = _verify_all(jobs, workers, progress)
-    pair_folder.check_split_sizes(len(entries), folder, bad)
+    pair_folder.check_split_sizes(len(entries), folder, problems + bad)
     entries = pair_folder.assign_splits(entries, folder)
     return ScanResult(Manifest(root, entries, folder.info(root)), problems + bad, [], [], warnings)
 
