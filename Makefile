@@ -4,8 +4,9 @@
 #   STORES   folder of the per-split Zarr stores (default: stores/PROFILE, sizes differ by profile)
 #   RUNS     folder of training runs
 #   PROFILE  stage profile: smoke (tiny random-weight models, CPU: tests), demo (the same models
-#            with a recipe that learns in minutes) or paper
+#            with a recipe that learns in minutes), paper, finetune (make finetune's default)
 #   RUN      run name (default: PROFILE)                  SET   extra --set overrides for every stage
+#   INIT     make finetune: the model to start from (reference .pth, .safetensors, folder, Hub id)
 #   TORCH    torch spec for `make setup` (GPU users: your own CUDA build, e.g. TORCH=torch)
 PYTHON  ?= python3
 VENV    ?= .venv
@@ -29,11 +30,11 @@ TRAIN_DONE = $(RUNS)/$(RUN)/.train.done
 EVAL_DONE  = $(RUNS)/$(RUN)/eval/results.md
 SETS       = $(foreach s,$(SET),--set $(s))
 
-.PHONY: setup lint test test-fast gpu-check demo depth train eval manifest sample status clean-demo help
+.PHONY: setup lint test test-fast gpu-check demo finetune depth train eval manifest sample status clean-demo help
 .DELETE_ON_ERROR:
 
 help:
-	@sed -n '1,8p' Makefile; echo; echo "targets: setup test gpu-check demo depth train eval manifest sample status"
+	@sed -n '1,10p' Makefile; echo; echo "targets: setup test gpu-check demo finetune depth train eval manifest sample status"
 
 setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -71,9 +72,15 @@ $(DEPTH_DONE): $(MANIFEST) stages/depth.toml
 	touch $@
 depth: $(DEPTH_DONE)
 
+# The training and validation splits by role (DIS-TR / DIS-VD, or a folder's train / val), read
+# from the manifest when the recipe runs (after it is written); no validation split, no validation.
+TRAIN_SPLIT = $(shell $(CLI) data splits $(MANIFEST) --role train)
+VAL_SPLIT   = $(shell $(CLI) data splits $(MANIFEST) --role val 2>/dev/null)
+INIT_SET    = $(if $(INIT),--set init_from=\"$(INIT)\")
 $(TRAIN_DONE): $(DEPTH_DONE) stages/train.toml
-	$(CLI) stage run train --profile $(PROFILE) --set run_dir=\"$(RUNS)/$(RUN)\" --set resume=true \
-	  --set 'data.train_stores=["$(STORES)/DIS-TR.zarr"]' --set 'data.val_stores=["$(STORES)/DIS-VD.zarr"]' $(SETS)
+	$(CLI) stage run train --profile $(PROFILE) --set run_dir=\"$(RUNS)/$(RUN)\" --set resume=true $(INIT_SET) \
+	  --set 'data.train_stores=["$(STORES)/$(TRAIN_SPLIT).zarr"]' \
+	  --set 'data.val_stores=[$(if $(VAL_SPLIT),"$(STORES)/$(VAL_SPLIT).zarr")]' $(SETS)
 	touch $@
 train: $(TRAIN_DONE)
 
@@ -90,6 +97,21 @@ demo: setup
 	$(MAKE) eval PROFILE=demo DATA=$(DATA) STORES=$(DEMO_OUT)/stores RUNS=$(DEMO_OUT)/runs RUN=demo
 	@cat $(DEMO_OUT)/runs/demo/eval/results.md
 	@echo "open $(DEMO_OUT)/runs/demo/eval/index.html (training curve, before/after gallery)"
+
+# Fine-tune INIT on a folder of your own images and masks (images/ + masks/, or split folders):
+# manifest (seeded train / val / test split; MANIFEST_FLAGS="--val-fraction 0.2" etc.) -> depth ->
+# train from INIT (profile finetune; PROFILE=smoke or demo-finetune for the tiny models) -> eval,
+# whose before / after table compares INIT with the fine-tuned model on the held-out split.
+# Outputs under out/finetune/<data>/ (run finetune-<INIT name>: another INIT is another run).
+FT_PROFILE = $(if $(filter command line environment,$(origin PROFILE)),$(PROFILE),finetune)
+FT_OUT = out/finetune/$(notdir $(abspath $(DATA)))
+FT_RUN = finetune-$(basename $(notdir $(INIT)))
+finetune: setup
+	@test -n "$(INIT)" || { echo "error: make finetune needs INIT=<model to start from: a reference .pth, a .safetensors file, a save_pretrained folder or a Hub id>"; exit 2; }
+	@test "$(DATA)" != "$(SAMPLE)" || { echo "error: make finetune needs DATA=<folder of your images and masks (images/ + masks/)>"; exit 2; }
+	$(MAKE) eval PROFILE=$(FT_PROFILE) DATA=$(DATA) INIT=$(INIT) STORES=$(FT_OUT)/stores RUNS=$(FT_OUT)/runs RUN=$(FT_RUN)
+	@cat $(FT_OUT)/runs/$(FT_RUN)/eval/results.md
+	@echo "open $(FT_OUT)/runs/$(FT_RUN)/eval/index.html (before / after gallery)"
 
 status:
 	$(CLI) stage status --stores $(STORES) --runs $(RUNS)

@@ -107,7 +107,7 @@ def test_init_from_another_architecture_fails_naming_the_difference(tmp_path, st
     with pytest.raises(ckpt.CheckpointError, match=r"init_from .*plain\.safetensors: .*not a pdfnet-pipeline-model"):
         train(cfg, model=tiny_model(7))
     cfg = toy_cfg(tmp_path, [store], name="ft3", init_from=str(tmp_path / "nope.safetensors"))
-    with pytest.raises(ckpt.CheckpointError, match=r"nope\.safetensors: no such file"):
+    with pytest.raises(ckpt.CheckpointError, match=r"^init_from .*nope\.safetensors: no such checkpoint file or folder$"):
         train(cfg, model=tiny_model(7))
 
 
@@ -208,3 +208,110 @@ def test_checkpoint_and_best_model_files_record_the_depth_settings(tmp_path):
     assert read_depth(step / "model.safetensors") == depth == read_depth(tmp_path / "best.safetensors")
     ckpt.save_weights(model, tmp_path / "plain.safetensors")  # no settings given: none recorded
     assert read_depth(tmp_path / "plain.safetensors") is None
+
+
+# ---- init_from in every form a user has: a released .pth, a save_pretrained folder, a Hub id ----
+
+
+def test_init_from_a_reference_pth_converts_it_in_memory_strictly(tmp_path, store):
+    """The released checkpoint as downloaded: the same weights as converting it first, no file written."""
+    ref, _ = _reference_layout_state()
+    torch.save({"model": ref}, tmp_path / "PDFNet_Best.pth")
+    convert_reference(tmp_path / "PDFNet_Best.pth", tmp_path / "converted.safetensors", TINY)
+    cfg = toy_cfg(tmp_path, [store], name="ft", init_from=str(tmp_path / "PDFNet_Best.pth"))
+    got = weights_at_first_forward(cfg, tiny_model(7))
+    assert_same_state(got, load_file(str(tmp_path / "converted.safetensors")))
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".safetensors") == ["converted.safetensors"]
+
+
+def test_init_from_a_reference_pth_of_another_architecture_names_the_keys(tmp_path, store):
+    ref, _ = _reference_layout_state()
+    key = next(k for k in ref if k.startswith("encoder.layers.3.blocks.0.mlp.fc1.weight"))
+    ref[key] = ref[key][:, :-1].clone()  # a wider / narrower model: one mis-shaped tensor
+    ref["decoder.extra_head.weight"] = torch.zeros(1)
+    torch.save(ref, tmp_path / "other.pth")
+    cfg = toy_cfg(tmp_path, [store], name="ft", init_from=str(tmp_path / "other.pth"))
+    with pytest.raises(ckpt.CheckpointError) as err:
+        train(cfg, model=tiny_model(7))
+    msg = str(err.value)
+    assert msg.startswith(f"init_from {tmp_path / 'other.pth'}: a reference checkpoint that does not fit")
+    assert "preset tiny" in msg and "encoder.swin.layers.3.blocks.0.mlp.fc1.weight" in msg
+    assert "decoder.extra_head.weight" in msg and "\n" not in msg
+    assert not (tmp_path / "ft" / "checkpoints").exists()
+
+
+def test_init_from_a_save_pretrained_folder_and_a_hub_id(tmp_path, store, monkeypatch):
+    from huggingface_hub import constants
+
+    from pdfnet_pipeline.model.checkpoint import save_pretrained
+
+    source = tiny_model(123)
+    expected = {k: v.clone() for k, v in source.state_dict().items()}
+    folder = save_pretrained(source, tmp_path / "my-pdfnet")
+    cfg = toy_cfg(tmp_path, [store], name="ft_folder", init_from=str(folder))
+    assert_same_state(weights_at_first_forward(cfg, tiny_model(7)), expected)
+    # The same folder as a cached Hub snapshot (the layout huggingface_hub writes), read offline.
+    cache = tmp_path / "hub"
+    snap = cache / "models--someone--pdfnet-tiny" / "snapshots" / ("0" * 40)
+    snap.mkdir(parents=True)
+    for f in folder.iterdir():
+        (snap / f.name).write_bytes(f.read_bytes())
+    (cache / "models--someone--pdfnet-tiny" / "refs").mkdir()
+    (cache / "models--someone--pdfnet-tiny" / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    cfg = toy_cfg(tmp_path, [store], name="ft_hub", init_from="someone/pdfnet-tiny")
+    assert_same_state(weights_at_first_forward(cfg, tiny_model(7)), expected)
+    cfg = toy_cfg(tmp_path, [store], name="ft_nohub", init_from="someone/not-there")
+    with pytest.raises(ckpt.CheckpointError, match=r"^init_from someone/not-there: no such local checkpoint"):
+        train(cfg, model=tiny_model(7))
+
+
+# ---- the fine-tune recipe's knobs: early stop, a slower or frozen backbone ----
+
+
+def test_early_stop_ends_the_run_after_n_validations_without_gain_and_stays_stopped(tmp_path):
+    from train_fixtures import toy_stores
+
+    tr, vd = toy_stores(tmp_path)
+    # lr 0: validation F_max never improves after the first epoch, the best
+    cfg = toy_cfg(tmp_path, [tr], [vd], name="es", epochs=10, lr=0.0, early_stop=2)
+    result = train(cfg, model=toy())
+    epochs = [json.loads(ln) for ln in (tmp_path / "es" / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r for r in epochs if r["kind"] == "epoch"]
+    assert [r["epoch"] for r in epochs] == [0, 1, 2]  # best at 1, then 2 without gain: stop
+    assert result.early_stopped and result.state.stale == 2 and result.state.epoch == 3
+    assert result.state.best_step == epochs[0]["step"]
+    again = train(replace(cfg, resume=True), model=toy())  # resumed: nothing more to do
+    assert again.early_stopped and again.state.epoch == 3 and not again.losses
+    # early_stop 0 (the default) runs every epoch
+    full = train(toy_cfg(tmp_path, [tr], [vd], name="all", epochs=4, lr=0.0), model=toy())
+    assert full.state.epoch == 4 and not full.early_stopped
+
+
+def test_backbone_lr_scale_and_frozen_backbone(tmp_path):
+    from pdfnet_pipeline.train.optim import set_lr
+
+    model = tiny_model(0)
+    opt = build_optimizer(model, OptimConfig(lr=1e-3, backbone_lr_scale=0.1), torch.device("cpu"))
+    set_lr(opt, 2e-3)
+    names = {id(p): n for n, p in model.named_parameters()}
+    for group in opt.param_groups:
+        backbone = {names[id(p)].startswith("encoder.") for p in group["params"]}
+        assert len(backbone) == 1  # a group is all backbone or all the rest
+        assert group["lr"] == pytest.approx(2e-4 if backbone == {True} else 2e-3, rel=0, abs=1e-18)
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+    # scale 1 (the default): the paper's two groups, exactly as before
+    plain = build_optimizer(tiny_model(0), OptimConfig(lr=1e-3), torch.device("cpu"))
+    assert len(plain.param_groups) == 2 and all("lr_scale" not in g for g in plain.param_groups)
+    # scale 0: the backbone is frozen; one step moves everything else and not it
+    model = tiny_model(0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = build_optimizer(model, OptimConfig(lr=1e-2, backbone_lr_scale=0.0), torch.device("cpu"))
+    out = model.predict(torch.randn(1, 3, 256, 256), torch.rand(1, 1, 256, 256))
+    out.mean().backward()
+    opt.step()
+    after = model.state_dict()
+    assert all(torch.equal(after[k], before[k]) for k in after if k.startswith("encoder."))
+    assert any(not torch.equal(after[k], before[k]) for k in after if k.startswith("decoder."))
+    assert all(not p.requires_grad for n, p in model.named_parameters() if n.startswith("encoder."))

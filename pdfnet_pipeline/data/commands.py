@@ -150,6 +150,31 @@ def _sample(
     typer.echo(f"wrote {len(paths)} image/mask pairs under {out}")
 
 
+def _splits(
+    manifest: Annotated[Path, typer.Argument(help="A manifest written by `data manifest`.")],
+    role: Annotated[
+        str | None, typer.Option(help="Only the splits of this role: train, val or test (held out).")
+    ] = None,
+) -> None:
+    """Print the manifest's splits, one per line with its role and size (`--role`: names only, for scripts)."""
+    from pdfnet_pipeline.data.manifest import ManifestError, read_manifest, split_role
+
+    if role not in (None, "train", "val", "test"):
+        raise typer.BadParameter(f"{role!r}: choose train, val or test", param_hint="--role")
+    try:
+        m = read_manifest(manifest)
+    except ManifestError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    names = [s for s in m.splits() if role is None or split_role(s) == role]
+    if role is not None and not names:
+        typer.echo(f"error: {manifest} has no {role} split (splits: {', '.join(m.splits())})", err=True)
+        raise typer.Exit(2)
+    for name in names:
+        typer.echo(name if role else f"{name}\t{split_role(name)}\t{len(m.split(name))}")
+
+
 def register(app: typer.Typer) -> None:
     app.command("manifest")(_manifest)
+    app.command("splits")(_splits)
     app.command("sample")(_sample)

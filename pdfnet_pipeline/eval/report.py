@@ -56,12 +56,15 @@ class BeforeAfter:
     before_checkpoint: str
     after_checkpoint: str
     before: dict[str, dict[str, float]]  # per split, as the results: Fmax ... HCE, count
-    splits: list[str] = field(default_factory=list)  # the compared ones: DIS-TE (all), else all evaluated
+    splits: list[str] = field(default_factory=list)  # the compared ones (eval.stage.compared_splits)
+    # Published numbers quoted under them (official DIS-5K splits only): name, per split metrics.
+    quoted_name: str = ""
+    quoted: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def rows(self, results: dict[str, dict[str, float]]) -> list[tuple[str, str, dict[str, float]]]:
-        """(model, split, metrics): before then after, for each compared split."""
-        models = ((self.before_name, self.before), (self.after_name, results))
-        return [(name, split, r[split]) for split in self.splits for name, r in models]
+        """(model, split, metrics): before, after, then the quoted row if any, for each compared split."""
+        models = ((self.before_name, self.before), (self.after_name, results), (self.quoted_name, self.quoted))
+        return [(name, split, r[split]) for split in self.splits for name, r in models if split in r]
 
 
 def before_after_markdown(results: dict[str, dict[str, float]], ba: BeforeAfter) -> str:
@@ -97,7 +100,7 @@ def write_tables(
             )
             paths = {before.before_name: before.before_checkpoint, before.after_name: before.after_checkpoint}
             for name, split, row in before.rows(results):
-                w.writerow([name, paths[name], split, *[row.get(k) for k, _, _ in COLUMNS], row.get("count")])
+                w.writerow([name, paths.get(name, ""), split, *[row.get(k) for k, _, _ in COLUMNS], row.get("count")])
     data = {"label": label, "random_weights": bool(label), "splits": results}
     if before:
         data["before"] = before.before
@@ -106,6 +109,8 @@ def write_tables(
             "before": {"name": before.before_name, "checkpoint": before.before_checkpoint},
             "after": {"name": before.after_name, "checkpoint": before.after_checkpoint},
         }
+        if before.quoted:
+            data["before_after"]["quoted"] = {"name": before.quoted_name, "splits": before.quoted}
     js.write_text(json.dumps(data, indent=2))
     return [md, cs, js]
 

@@ -40,6 +40,7 @@ from pdfnet_pipeline.data.images import load_mask
 from pdfnet_pipeline.data.manifest import read_manifest
 from pdfnet_pipeline.errors import UserError
 from pdfnet_pipeline.eval.html import IMAGE_METRICS, TRAINING_CURVE, GalleryItem, write_index
+from pdfnet_pipeline.eval.published import quoted_name
 from pdfnet_pipeline.eval.report import BeforeAfter, SheetRow, contact_sheet, plot_curves, write_tables
 from pdfnet_pipeline.eval.tta import predict_logits, to_native_uint8
 from pdfnet_pipeline.model.checkpoint import CheckpointError
@@ -265,13 +266,16 @@ def run(cfg: Config) -> dict:
             if b is not None:
                 r.update(before=b["pred"], before_max_f=b["max_f"])
         init_from = _run_config(cfg.run_dir).get("init_from", "")
+        splits = compared_splits(results)
         compared = BeforeAfter(
             model_name("before", before, cfg.run_dir, init_from),
             model_name("after", ckpt, cfg.run_dir),
             str(before),
             str(ckpt),
             _summaries(before_split),
-            compared_splits(results),
+            splits,
+            quoted_name(),
+            quoted_rows(manifest, splits),
         )
     curves = {s: {"precision": r.precision, "recall": r.recall, "fmeasure": r.f_curve} for s, r in per_split.items()}
     files = write_tables(results, out, label, compared)
@@ -317,8 +321,35 @@ def _summaries(per_split: dict) -> dict[str, dict]:
 
 
 def compared_splits(results: dict) -> list[str]:
-    """The before / after table's splits: DIS-TE (all) when evaluated, else every evaluated split."""
-    return [ALL_TE] if ALL_TE in results else list(results)
+    """The before / after table's splits: DIS-TE (all) when evaluated, else the held-out test
+    splits (e.g. a folder's "test"), else every evaluated split (e.g. only a validation split)."""
+    from pdfnet_pipeline.data.manifest import split_role
+
+    if ALL_TE in results:
+        return [ALL_TE]
+    return [s for s in results if split_role(s) == "test"] or list(results)
+
+
+def official_split(manifest, split: str) -> bool:
+    """Are the split's samples DIS-5K's own (every id on the official list)? DIS-TE (all): all four
+    test splits are. Only then are published numbers quoted beside the results."""
+    from pdfnet_pipeline.data.manifest import official_names
+
+    parts = TEST_SPLITS if split == ALL_TE else (split,)
+    for part in parts:
+        names = official_names(part)
+        ids = {e.id for e in manifest.entries if e.split == part}
+        if not names or not ids or not ids <= names:
+            return False
+    return True
+
+
+def quoted_rows(manifest, splits: list[str]) -> dict[str, dict[str, float]]:
+    """The paper's published rows for the compared splits that are official DIS-5K splits."""
+    from pdfnet_pipeline.eval.published import published_rows
+
+    published = published_rows()
+    return {s: published[s] for s in splits if s in published and official_split(manifest, s)}
 
 
 def _gallery(samples, stores, manifest) -> list[GalleryItem]:

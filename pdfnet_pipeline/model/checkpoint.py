@@ -31,7 +31,7 @@ from pdfnet_pipeline.model.pdfnet import PDFNet, PDFNetConfig
 FORMAT = "pdfnet-pipeline-model"
 WEIGHTS_NAME = "model.safetensors"  # the Hub's names, so the folder also reads as a Hub repo
 CONFIG_NAME = "config.json"
-_FILE_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
+CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
 
 
 class CheckpointError(UserError, ValueError):
@@ -122,7 +122,7 @@ def resolve_checkpoint(source: str | Path, revision: str | None = None, **hub_kw
     if path.is_dir():
         return _folder_weights(path)
     text = str(source)
-    if path.suffix in _FILE_SUFFIXES or text.startswith((".", "/", "~")):
+    if path.suffix in CHECKPOINT_SUFFIXES or text.startswith((".", "/", "~")):
         raise CheckpointError(f"{text}: no such checkpoint file or folder")
     return _folder_weights(_download(text, revision, hub_kwargs))
 
@@ -224,7 +224,7 @@ def _refresh_buffers(model: PDFNet, device: torch.device) -> None:
             m._init_buffers()
 
 
-def _check(state: dict[str, torch.Tensor], model: torch.nn.Module, source: str) -> None:
+def _check(state: dict[str, torch.Tensor], model: torch.nn.Module, source: str, shown: int = 8) -> None:
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -236,8 +236,9 @@ def _check(state: dict[str, torch.Tensor], model: torch.nn.Module, source: str) 
     if missing or unexpected or shapes:
         parts = [f"{source} does not fit the model"]
         for title, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", shapes)):
-            if items:
-                parts.append(f"{title} ({len(items)}): " + ", ".join(items))
+            if items:  # a whole other architecture would name hundreds: the first few say enough
+                more = f", ... {len(items) - shown} more" if len(items) > shown else ""
+                parts.append(f"{title} ({len(items)}): " + ", ".join(items[:shown]) + more)
         raise CheckpointError("; ".join(parts))
 
 
@@ -310,13 +311,11 @@ def map_reference_state(ref: dict[str, torch.Tensor], window: int) -> tuple[dict
     return out, problems
 
 
-def convert_reference(pth: str | Path, out: str | Path, cfg: PDFNetConfig | None = None) -> dict[str, int]:
-    """Convert a reference-layout checkpoint to this project's safetensors file.
-
-    Loads with `weights_only=True`; maps every key; raises `CheckpointError` listing all missing,
-    unexpected (including unmapped) and mis-shaped keys. Returns {"tensors", "parameters"}.
-    """
-    cfg = dataclasses.replace(cfg or PDFNetConfig(), backbone_weights="random")
+def reference_state(pth: str | Path, cfg: PDFNetConfig) -> dict[str, torch.Tensor]:
+    """A checkpoint in the reference's key layout (loaded with `weights_only=True`), mapped onto the
+    project's modules of `cfg`; raises `CheckpointError` naming the missing, unexpected (including
+    unmapped) and mis-shaped keys."""
+    cfg = dataclasses.replace(cfg, backbone_weights="random")
     raw = _unwrap(torch.load(Path(pth), map_location="cpu", weights_only=True))
     with torch.device("meta"):
         model = PDFNet(cfg)
@@ -327,6 +326,13 @@ def convert_reference(pth: str | Path, out: str | Path, cfg: PDFNetConfig | None
         problems.insert(0, str(err))
     if problems:
         raise CheckpointError("; ".join(problems))
-    state = {k: v.contiguous() for k, v in state.items()}
+    return {k: v.contiguous() for k, v in state.items()}
+
+
+def convert_reference(pth: str | Path, out: str | Path, cfg: PDFNetConfig | None = None) -> dict[str, int]:
+    """Convert a reference-layout checkpoint to this project's safetensors file (`reference_state`,
+    strict). Returns {"tensors", "parameters"}."""
+    cfg = dataclasses.replace(cfg or PDFNetConfig(), backbone_weights="random")
+    state = reference_state(pth, cfg)
     _save(state, cfg, out)
     return {"tensors": len(state), "parameters": sum(v.numel() for v in state.values())}

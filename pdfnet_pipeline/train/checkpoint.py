@@ -60,6 +60,7 @@ class TrainState:
     best_max_f: float = -1.0
     best_mae: float = float("inf")
     best_step: int = -1
+    stale: int = 0  # validations in a row without a new best (early_stop)
     extra: dict[str, Any] = field(default_factory=dict)
 
 

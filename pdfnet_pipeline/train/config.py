@@ -42,6 +42,7 @@ class Config:
     log_every: int = 10  # optimizer steps between metrics.jsonl lines
     val_every: int = 1  # epochs between validations; 0 = never
     val_images: int = 4  # validation predictions saved as PNG per validation
+    early_stop: int = 0  # stop after this many validations in a row without a better val F_max; 0 = never
     ddp_find_unused: bool = False
     progress: bool = True  # tqdm bar on rank 0 (the one-line epoch summaries print either way)
     log: LogConfig = field(default_factory=LogConfig)

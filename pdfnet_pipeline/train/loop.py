@@ -48,6 +48,7 @@ from pdfnet_pipeline.model.checkpoint import CheckpointError
 from pdfnet_pipeline.store import StoreReadError
 from pdfnet_pipeline.train import checkpoint as ckpt
 from pdfnet_pipeline.train.config import Config
+from pdfnet_pipeline.train.init import init_weights
 from pdfnet_pipeline.train.optim import Window, accumulation_windows, build_optimizer, lr_at, set_lr
 from pdfnet_pipeline.train.validate import ValScores, to_u8
 
@@ -64,6 +65,7 @@ class TrainResult:
     is_main: bool = True
     stopped: str = ""  # the stop signal's name when a pre-emption signal ended the run early
     checkpoint: Path | None = None  # the last checkpoint written (rank 0)
+    early_stopped: bool = False  # early_stop ended the run before its last epoch
 
 
 def seed_all(seed: int) -> None:
@@ -76,32 +78,6 @@ def build_model(cfg: Config) -> torch.nn.Module:
     from pdfnet_pipeline.model import build_pdfnet
 
     return build_pdfnet(cfg.model)
-
-
-def init_weights(model: torch.nn.Module, source: str, model_config: dict) -> Path:
-    """Fine-tuning start: a project model file (model.checkpoint.save_model, e.g. a converted
-    release) or the latest model of a run / checkpoints / checkpoint directory. Returns the file."""
-    from pdfnet_pipeline.model.checkpoint import read_config
-
-    path = Path(source)
-    if not path.exists():
-        raise CheckpointError(f"init_from {source}: no such file or directory")
-    if path.is_dir():
-        path = ckpt.resolve(path) / "model.safetensors"
-    try:
-        saved = asdict(read_config(path))
-    except CheckpointError as err:
-        raise CheckpointError(
-            f"init_from {source}: {err} (convert a reference .pth with `pdfnet-pipeline model convert`)"
-        ) from err
-    diff = ckpt.arch_diff(saved, model_config)
-    if diff:
-        raise CheckpointError(
-            f"init_from {path}: its architecture differs from this run's model config "
-            f"(key: (checkpoint, this run)): {diff}; set model.* to match or pick another checkpoint"
-        )
-    ckpt.load_weights(model, path)
-    return path
 
 
 def tensorboard_writer():
@@ -180,6 +156,13 @@ class RunLog:
         self.draw_curve()
         if self.tb is not None:
             self.tb.flush()
+
+    def note(self, text: str) -> None:
+        """A line for the person watching (rank 0), printed past any progress bar."""
+        if self.main:
+            from tqdm import tqdm
+
+            tqdm.write(text)
 
     def draw_curve(self) -> None:
         from pdfnet_pipeline.train.curve import plot_training_curve, read_metrics
@@ -615,7 +598,9 @@ def _train(t: Trainer) -> TrainResult:
             f"compile=true drops each epoch's last partial batch, and {sampler.per_rank()} samples per process "
             f"are fewer than batch_size {cfg.batch_size}: nothing to train (lower batch_size or set compile=false)"
         )
-    for epoch in range(t.state.epoch, cfg.epochs):
+    # A run that stopped early stays stopped when resumed (same early_stop).
+    t.result.early_stopped = bool(cfg.early_stop and t.state.stale >= cfg.early_stop)
+    for epoch in range(t.state.epoch, 0 if t.result.early_stopped else cfg.epochs):
         t0 = time.time()
         if t.run_epoch(epoch, loader, sampler, total_steps):
             break
@@ -636,8 +621,9 @@ def _train(t: Trainer) -> TrainResult:
                 record["val_skipped"] = scores["skipped"]
             if scores["max_f"] > t.state.best_max_f:
                 t.state.best_max_f, t.state.best_mae, t.state.best_step = scores["max_f"], scores["mae"], t.state.step
+                t.state.stale = 0
             else:
-                scores = None  # not a new best
+                scores, t.state.stale = None, t.state.stale + 1  # not a new best
         t.log.write(**record)
         path = t.save()
         if scores is not None:
@@ -645,9 +631,18 @@ def _train(t: Trainer) -> TrainResult:
         t.log.close_epoch(record, cfg.epochs, best=scores is not None)
         if cfg.max_steps and t.state.step >= cfg.max_steps:
             break
+        if cfg.early_stop and t.state.stale >= cfg.early_stop:
+            t.result.early_stopped = True
+            t.log.note(
+                f"early stop after epoch {epoch + 1}/{cfg.epochs}: {t.state.stale} validations without a better "
+                f"val F_max (early_stop={cfg.early_stop}; best {t.state.best_max_f:.4f} at step {t.state.best_step})"
+            )
+            break
         if t.agree_to_stop():  # a signal during the close-out: its checkpoint was just written
             break
-    finished = t.state.epoch >= cfg.epochs or (cfg.max_steps and t.state.step >= cfg.max_steps)
+    finished = (
+        t.state.epoch >= cfg.epochs or (cfg.max_steps and t.state.step >= cfg.max_steps) or t.result.early_stopped
+    )
     if t.stopping and not finished:  # a signal during the very last step: nothing left to resume
         t.result.stopped = t.stop.name or "a stop signal on another rank"
     return t.result

@@ -23,6 +23,12 @@ class OptimConfig:
     warmup_steps: int = 0  # linear warmup from lr / warmup_steps, for either schedule
     min_lr: float = 0.0  # cosine floor
     clip_grad: float = 0.0  # max global grad norm; 0 = no clipping (the norm is still checked)
+    # The Swin backbone's lr as a fraction of lr (fine-tuning a small set: keep the pretrained
+    # features, adapt the rest); 0 freezes it (no gradients, not in the optimizer).
+    backbone_lr_scale: float = 1.0
+
+
+BACKBONE = "encoder."  # the Swin encoder's parameter names (model.pdfnet.PDFNet.encoder)
 
 
 def lr_at(step: int, total_steps: int, cfg: OptimConfig) -> float:
@@ -36,31 +42,48 @@ def lr_at(step: int, total_steps: int, cfg: OptimConfig) -> float:
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * progress))
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+def param_groups(model: torch.nn.Module, weight_decay: float, backbone_lr_scale: float = 1.0) -> list[dict]:
     """Weight decay on matrices and kernels only: none on biases and other 1-D parameters
-    (norm weights), as in the paper's recipe."""
-    decay, no_decay = [], []
+    (norm weights), as in the paper's recipe. With a backbone lr scale other than 1 the backbone's
+    parameters form two more groups carrying `lr_scale` (read by `set_lr`)."""
+    groups = {(b, d): [] for b in (False, True) for d in (True, False)}
+    split = backbone_lr_scale != 1.0
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+        groups[split and name.startswith(BACKBONE), not (p.ndim <= 1 or name.endswith(".bias"))].append(p)
+    out = [{"params": groups[False, d], "weight_decay": weight_decay if d else 0.0} for d in (True, False)]
+    if split:
+        out += [
+            {"params": groups[True, d], "weight_decay": weight_decay if d else 0.0, "lr_scale": backbone_lr_scale}
+            for d in (True, False)
+        ]
+    return out
+
+
+def freeze_backbone(model: torch.nn.Module) -> int:
+    """backbone_lr_scale = 0: the backbone gets no gradients at all; returns the frozen parameter count."""
+    frozen = [p for name, p in model.named_parameters() if name.startswith(BACKBONE)]
+    for p in frozen:
+        p.requires_grad_(False)
+    return sum(p.numel() for p in frozen)
 
 
 def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters; backbone_lr_scale 0 freezes the backbone first."""
+    if cfg.backbone_lr_scale < 0:
+        raise ValueError(f"optim.backbone_lr_scale {cfg.backbone_lr_scale}: must be >= 0 (0 freezes the backbone)")
+    if cfg.backbone_lr_scale == 0:
+        freeze_backbone(model)
     # fused AdamW is one kernel per step on CUDA; on CPU the default (foreach) is the fast path
     fused = device.type == "cuda"
-    return torch.optim.AdamW(
-        param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused or None
-    )
+    groups = param_groups(model, cfg.weight_decay, cfg.backbone_lr_scale or 1.0)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused or None)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group["lr_scale"] if "lr_scale" in group else lr
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ def run(cfg: Config) -> None:
         print(
             f"train: {result.state.step} steps, last loss {result.losses[-1] if result.losses else float('nan'):.4f}"
             + (f", val max-F {last['max_f']:.4f} MAE {last['mae']:.4f}" if last else "")
+            + (" (early stop)" if result.early_stopped else "")
             + f" -> {cfg.run_dir}"
         )
     if result.stopped:
