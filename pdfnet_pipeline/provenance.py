@@ -19,9 +19,30 @@ def random_weight_reasons(stores: list[Path], model: dict, init_from: str = "") 
         weights = [m.get("weights", "") if isinstance(m, dict) else m for m in models.values()]
         if any(str(w).lower() == "random" for w in weights):
             reasons.add("depth maps from randomly initialised DAM v2")
-    if model.get("backbone_weights", "random") == "random" and not init_from:
-        reasons.add(f"PDFNet ({model.get('preset', '?')} preset) trained from random initial weights")
+    if _random_start(model, init_from):
+        how = "fine-tuned from a model trained from" if init_from else "trained from"
+        reasons.add(f"PDFNet ({model.get('preset', '?')} preset) {how} random initial weights")
     return sorted(reasons)
+
+
+def _random_start(model: dict, init_from: str) -> bool:
+    """Did this PDFNet's training start from random weights, at first hand or through init_from (a
+    project model file that records it was trained from random init, e.g. the demo's)? A released
+    .pth, a Hub id or a file without the record counts as trained."""
+    if not init_from:
+        return model.get("backbone_weights", "random") == "random"
+    from pdfnet_pipeline.model.checkpoint import CheckpointError, read_depth
+
+    path = Path(init_from)
+    if path.is_dir() and (path / "model.safetensors").is_file():
+        path = path / "model.safetensors"  # a save_pretrained folder
+    if not (path.is_file() and path.suffix == ".safetensors"):
+        return False
+    try:
+        depth = read_depth(path)
+    except CheckpointError:
+        return False
+    return bool(depth and depth.pdfnet_random_init)
 
 
 def random_label(reasons: list[str]) -> str | None:
@@ -47,8 +68,7 @@ def trained_depth(stores: list[Path], model: dict, init_from: str = ""):
     found = [recorded_settings(open_read(path), VAL_DEPTH) for path in stores]
     if not found or any(f is None or f != found[0] for f in found):
         return None
-    random_init = model.get("backbone_weights", "random") == "random" and not init_from
-    return DepthSettings(**found[0], pdfnet_random_init=random_init)
+    return DepthSettings(**found[0], pdfnet_random_init=_random_start(model, init_from))
 
 
 def predict_warning(dam_arch: str, dam_random: bool, preset: str, trained) -> str | None:

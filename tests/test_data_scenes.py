@@ -42,3 +42,17 @@ def test_demo_sample_is_deterministic(tmp_path):
     assert Image.open(a[0]).size[::-1] == np.asarray(Image.open(str(a[0]).replace("/im/", "/gt/")[:-4] + ".png")).shape
     with pytest.raises(ValueError, match="unknown sample style 'x'"):
         generate_sample(tmp_path / "c", style="x")
+
+
+def test_studio_scenes_turn_the_demo_round():
+    """studio: the holdout objects dark on a pale backdrop, every scene (the demo: bright on dark)."""
+    luma = np.array([0.299, 0.587, 0.114])
+    for i in range(2 * len(HOLDOUT)):
+        image, mask, kind = make_scene("studio", 0, "folder", i)
+        assert kind in HOLDOUT and set(np.unique(mask)) == {0, 255}
+        y = image.astype(np.float32) @ luma / 255
+        fg = mask > 0
+        assert y[fg].max() < 0.45 < 0.6 < y[~fg].min(), (kind, y[fg].max(), y[~fg].min())
+        demo, demo_mask, _ = make_scene("demo", 0, "folder", i)
+        yd = demo.astype(np.float32) @ luma / 255
+        assert yd[demo_mask > 0].mean() > yd[demo_mask == 0].mean()  # the other way round

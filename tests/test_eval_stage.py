@@ -203,11 +203,13 @@ def test_before_checkpoint_and_model_names(tmp_path):
     assert model_name("before", other, run) == "before (release.safetensors)"
 
 
-def test_before_after_compares_dis_te_all_else_every_split():
+def test_before_after_compares_dis_te_all_else_the_test_splits_else_every_split():
     from pdfnet_pipeline.eval.stage import compared_splits
 
     assert compared_splits({s: {} for s in [*SPLITS, "DIS-TE (all)"]}) == ["DIS-TE (all)"]
-    assert compared_splits({"DIS-VD": {}, "DIS-TE1": {}}) == ["DIS-VD", "DIS-TE1"]
+    assert compared_splits({"DIS-VD": {}, "DIS-TE1": {}, "DIS-TE3": {}}) == ["DIS-TE1", "DIS-TE3"]
+    assert compared_splits({"val": {}, "test": {}}) == ["test"]  # a folder of pairs: its held-out split
+    assert compared_splits({"DIS-VD": {}}) == ["DIS-VD"]  # only a validation split: that one
 
 
 @pytest.mark.slow
@@ -222,7 +224,7 @@ def test_before_after_equals_evaluating_each_checkpoint_alone(built, tmp_path):
     from pdfnet_pipeline.train.curve import plot_training_curve
 
     root, manifest, _ = built
-    run, splits = tmp_path / "run", ["DIS-VD", "DIS-TE1"]  # no DIS-TE (all): both splits are compared
+    run, splits = tmp_path / "run", ["DIS-TE1", "DIS-TE2"]  # no DIS-TE (all): both test splits are compared
     for seed, name in ((1, "initial.safetensors"), (2, "best.safetensors")):
         torch.manual_seed(seed)
         save_model(build_pdfnet(PDFNetConfig(preset="tiny")), run / name)
@@ -265,10 +267,10 @@ def test_before_after_equals_evaluating_each_checkpoint_alone(built, tmp_path):
     assert rows[len(splits) + 2 : len(splits) + 4] == [[], ["# before / after"]]
     table = [dict(zip(rows[len(splits) + 4], r)) for r in rows[len(splits) + 5 :]]
     assert [(r["model"], r["checkpoint"], r["split"]) for r in table] == [
-        (names[0], str(run / "initial.safetensors"), "DIS-VD"), (names[1], str(run / "best.safetensors"), "DIS-VD"),
         (names[0], str(run / "initial.safetensors"), "DIS-TE1"), (names[1], str(run / "best.safetensors"), "DIS-TE1"),
+        (names[0], str(run / "initial.safetensors"), "DIS-TE2"), (names[1], str(run / "best.safetensors"), "DIS-TE2"),
     ]  # fmt: skip
-    assert float(table[0]["Fmax"]) == both["before"]["DIS-VD"]["Fmax"]
+    assert float(table[0]["Fmax"]) == both["before"]["DIS-TE1"]["Fmax"]
     # index.html: a before column (6 thumbnails per row), the table and the training curve beside it
     out = tmp_path / "both"
     page = (out / "index.html").read_text()

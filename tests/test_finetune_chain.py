@@ -101,7 +101,11 @@ def test_finetune_chain_on_a_folder_of_pairs_gives_a_before_after_table(chain):
     assert all(torch.equal(best_file[k], step_file[k]) for k in best_file)
     # It learnt the scenes: the fine-tuned model is far better than where it started.
     before, after = data["before"]["test"], data["splits"]["test"]
-    assert before["Fmax"] < 0.8 and after["Fmax"] >= 0.9 and after["MAE"] < before["MAE"], (before, after)
+    # (F_max flatters a random model on big solid shapes; F_w and MAE do not)
+    assert after["Fmax"] >= 0.9 and after["Fw"] > before["Fw"] + 0.3 and after["MAE"] < before["MAE"] / 2, (
+        before,
+        after,
+    )
     md = (run / "eval" / "results.md").read_text()
     rows = [ln for ln in md.splitlines() if ln.startswith("| before (") or ln.startswith("| after (")]
     assert [r.split(" | ")[1] for r in rows] == ["test", "test"]
@@ -117,11 +121,11 @@ def test_stores_of_another_manifest_are_refused(chain):
     ok("data", "manifest", root / "my_photos", "-o", root / "m2.jsonl", *SPLIT, "--split-seed", "1")
     sets = [f'manifest="{root / "m2.jsonl"}"', f'stores="{root / "stores"}"', "workers=0"]
     res = cli("stage", "run", "depth", "--profile", "demo", *[x for s in sets for x in ("--set", s)])
-    assert res.exit_code != 0
-    assert "was built from other inputs (manifest_sha256: store has" in res.output
+    assert res.exit_code != 0  # the CLI's main() prints a UserError as one `error:` line
+    assert "train.zarr was built from other inputs (manifest_sha256: store has" in str(res.exception)
     eval_sets = [*sets[:2], f'run_dir="{root / "run"}"']
     res = cli("stage", "run", "eval", "--profile", "demo", *[x for s in eval_sets for x in ("--set", s)])
-    assert res.exit_code != 0 and "was built from another manifest than" in res.output
+    assert res.exit_code != 0 and "val.zarr was built from another manifest than" in str(res.exception)
 
 
 def _fake_manifest(split_ids: dict[str, list[str]]) -> Manifest:

@@ -28,3 +28,25 @@ def test_predict_warning_names_each_random_model():
     )
     assert provenance.predict_warning("large", False, "reference", None) is None
     assert provenance.predict_warning("large", False, "reference", DepthSettings(pdfnet_random_init=False)) is None
+
+
+def test_a_fine_tune_of_a_random_init_model_still_says_so(tmp_path):
+    """init_from a model file that records a random start (the demo's best.safetensors) keeps the
+    label; a released or trained start (no record, or a .pth) does not get it."""
+    import torch
+
+    from pdfnet_pipeline.model import PDFNetConfig, build_pdfnet
+    from pdfnet_pipeline.model.checkpoint import save_model
+
+    torch.manual_seed(0)
+    model = build_pdfnet(PDFNetConfig(preset="tiny", backbone_weights="random"))
+    save_model(model, tmp_path / "demo.safetensors", DepthSettings(arch="tiny", pdfnet_random_init=True))
+    save_model(model, tmp_path / "trained.safetensors", DepthSettings(pdfnet_random_init=False))
+    save_model(model, tmp_path / "release.safetensors")  # a converted release records nothing
+    tiny = {"preset": "tiny", "backbone_weights": "random"}
+    assert provenance.random_weight_reasons([], tiny, str(tmp_path / "demo.safetensors")) == [
+        "PDFNet (tiny preset) fine-tuned from a model trained from random initial weights"
+    ]
+    for start in ("trained.safetensors", "release.safetensors", "PDFNet_Best.pth"):
+        assert provenance.random_weight_reasons([], tiny, str(tmp_path / start)) == [], start
+    assert provenance.random_weight_reasons([], tiny) == ["PDFNet (tiny preset) trained from random initial weights"]

@@ -107,7 +107,9 @@ def test_init_from_another_architecture_fails_naming_the_difference(tmp_path, st
     with pytest.raises(ckpt.CheckpointError, match=r"init_from .*plain\.safetensors: .*not a pdfnet-pipeline-model"):
         train(cfg, model=tiny_model(7))
     cfg = toy_cfg(tmp_path, [store], name="ft3", init_from=str(tmp_path / "nope.safetensors"))
-    with pytest.raises(ckpt.CheckpointError, match=r"^init_from .*nope\.safetensors: no such checkpoint file or folder$"):
+    with pytest.raises(
+        ckpt.CheckpointError, match=r"^init_from .*nope\.safetensors: no such checkpoint file or folder$"
+    ):
         train(cfg, model=tiny_model(7))
 
 

@@ -128,7 +128,8 @@ def _sample(
         typer.Option(
             help="photo: ~1 MP scenes with 2-6 px structures (benchmarks); demo: 352-480 px scenes a tiny "
             "model learns in minutes (make demo); holdout: other objects in the demo's style (to judge a "
-            "recipe on scenes it was not tuned on); shapes: one solid shape per scene (learnt in a few dozen steps)."
+            "recipe on scenes it was not tuned on); shapes: one solid shape per scene (learnt in a few dozen steps); "
+            "studio: the holdout objects dark on a pale backdrop (a domain the demo's model has not seen: fine-tuning)."
         ),
     ] = "photo",
     layout: Annotated[

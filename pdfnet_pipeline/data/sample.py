@@ -155,12 +155,13 @@ def make_sample(seed: int, split: str, index: int) -> tuple[np.ndarray, np.ndarr
     return image, (mask * 255).astype(np.uint8), kind
 
 
-STYLES = ("photo", "demo", "holdout", "shapes")
+STYLES = ("photo", "demo", "holdout", "shapes", "studio")
 
 
 def make_styled(style: str, seed: int, split: str, index: int) -> tuple[np.ndarray, np.ndarray, str]:
     """One (image, mask, kind) of a style: "photo" (this module's ~1 MP scenes, what the benchmarks
-    need), "demo", "holdout" or "shapes" (scenes.py: small scenes a tiny model learns in minutes)."""
+    need), "demo", "holdout", "shapes" or "studio" (scenes.py: small scenes a tiny model learns in
+    minutes)."""
     if style == "photo":
         return make_sample(seed, split, index)
     from pdfnet_pipeline.data.scenes import make_scene

@@ -76,6 +76,27 @@ def _foreground(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
     return np.clip(colour[None, None] * (grain * light)[..., None], 0, 1)
 
 
+def _backdrop(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
+    """A pale studio backdrop (paper, a light wall): two light, faintly tinted colours (luma >=
+    0.65) mixed by smooth noise, defocused: the demo's far plane turned round."""
+    hue = rng.random()
+    a = _hsv(hue, rng.uniform(0.03, 0.2), rng.uniform(0.75, 0.95))
+    b = _hsv(hue + rng.uniform(-0.1, 0.1), rng.uniform(0.03, 0.2), rng.uniform(0.7, 0.95))
+    mix = 0.75 * _noise(rng, w, h, 4) + 0.25 * _noise(rng, w, h, 12)
+    rgb = np.clip((a * mix[..., None] + b * (1 - mix[..., None])) * 255, 0, 255).astype(np.uint8)
+    return np.asarray(Image.fromarray(rgb).filter(ImageFilter.GaussianBlur(3.0)), dtype=np.float32) / 255
+
+
+def _dark(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
+    """A dark, matte material (iron, stained wood, charcoal) with its own grain: darker than any
+    backdrop, little colour: what a model trained on the demo's bright objects has never seen."""
+    colour = _hsv(rng.random(), rng.uniform(0.15, 0.5), rng.uniform(0.15, 0.35))
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    light = 0.85 + 0.15 * (1 - (xx / w + yy / h) / 2)
+    grain = 0.85 + 0.3 * _noise(rng, w, h, max(w, h) // 6)
+    return np.clip(colour[None, None] * (grain * light)[..., None], 0, 1)
+
+
 def _width(rng: np.random.Generator, lo: int = 4, hi: int = 9) -> int:
     return int(rng.integers(lo, hi + 1))
 
@@ -286,11 +307,14 @@ def _bar(d: ImageDraw.ImageDraw, rng: np.random.Generator, w: int, h: int) -> No
 
 
 SHAPES: dict[str, Draw] = {"disc": _disc, "polygon": _polygon, "bar": _bar}
-FAMILIES: dict[str, dict[str, Draw]] = {"demo": DEMO, "holdout": HOLDOUT, "shapes": SHAPES}
+# studio: the holdout objects as dark, matte things on a pale backdrop (a product shot), the
+# domain shift a fine-tune has to bridge (README "Fine-tune on your own images").
+FAMILIES: dict[str, dict[str, Draw]] = {"demo": DEMO, "holdout": HOLDOUT, "shapes": SHAPES, "studio": HOLDOUT}
+LOOKS = {"studio": (_dark, _backdrop)}  # (object, far plane); the others: bright objects on a dark plane
 
 
 def make_scene(family: str, seed: int, split: str, index: int) -> tuple[np.ndarray, np.ndarray, str]:
-    """One (RGB image uint8, binary mask 0/255, object kind) of `family` (demo, holdout, shapes)."""
+    """One (RGB image uint8, binary mask 0/255, object kind) of `family` (demo, holdout, shapes, studio)."""
     draws = FAMILIES[family]
     rng = _rng(seed, family, split, index)
     w, h = _size(rng)
@@ -299,6 +323,7 @@ def make_scene(family: str, seed: int, split: str, index: int) -> tuple[np.ndarr
     mask_im = Image.new("L", (w, h), 0)
     draws[kind](ImageDraw.Draw(mask_im), rng, w, h)  # no antialiasing: the mask is exact
     mask = np.asarray(mask_im) > 127
-    image = np.where(mask[..., None], _foreground(rng, w, h), _background(rng, w, h))
+    near, far = LOOKS.get(family, (_foreground, _background))
+    image = np.where(mask[..., None], near(rng, w, h), far(rng, w, h))
     image = np.clip(np.round(image * 255), 0, 255).astype(np.uint8)
     return image, (mask * 255).astype(np.uint8), kind
