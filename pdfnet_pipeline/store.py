@@ -170,6 +170,11 @@ def _check_schema(attrs, path: Path) -> None:
 def _difference(key: str, have, want) -> str:
     """`key: store has X, this run Y`; for two tables only their differing entries (a whole
     preprocessing table would hide the one setting that changed)."""
+    if key == "manifest_sha256":  # the usual case: the dataset was re-scanned or re-split
+        return (
+            f"another manifest: this split's entries (ids, files, hashes) differ, sha256 {str(have)[:12]}... "
+            f"in the store, {str(want)[:12]}... in this run's manifest"
+        )
     if isinstance(have, dict) and isinstance(want, dict):
         keys = sorted(k for k in have.keys() | want.keys() if have.get(k) != want.get(k))
         return "; ".join(f"{key}.{k}: store has {have.get(k)!r}, this run {want.get(k)!r}" for k in keys)

@@ -240,6 +240,14 @@ def test_init_from_a_reference_pth_of_another_architecture_names_the_keys(tmp_pa
     assert "preset tiny" in msg and "encoder.swin.layers.3.blocks.0.mlp.fc1.weight" in msg
     assert "decoder.extra_head.weight" in msg and "\n" not in msg
     assert not (tmp_path / "ft" / "checkpoints").exists()
+    # The usual case, a released (reference) checkpoint into a tiny run or back: one phrase says so
+    ref, _ = _reference_layout_state()
+    torch.save(ref, tmp_path / "tiny.pth")
+    cfg = toy_cfg(tmp_path, [store], name="ft_ref", init_from=str(tmp_path / "tiny.pth"))
+    cfg.model = replace(cfg.model, preset="reference")
+    with pytest.raises(ckpt.CheckpointError) as err:
+        train(cfg, model=tiny_model(7))
+    assert str(err.value).endswith("tiny.pth holds the tiny preset (by its Swin width), not the reference preset")
 
 
 def test_init_from_a_save_pretrained_folder_and_a_hub_id(tmp_path, store, monkeypatch):

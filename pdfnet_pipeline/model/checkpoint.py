@@ -26,7 +26,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from pdfnet_pipeline.errors import UserError
-from pdfnet_pipeline.model.pdfnet import PDFNet, PDFNetConfig
+from pdfnet_pipeline.model.pdfnet import PRESETS, PDFNet, PDFNetConfig
 
 FORMAT = "pdfnet-pipeline-model"
 WEIGHTS_NAME = "model.safetensors"  # the Hub's names, so the folder also reads as a Hub repo
@@ -317,6 +317,9 @@ def reference_state(pth: str | Path, cfg: PDFNetConfig) -> dict[str, torch.Tenso
     unmapped) and mis-shaped keys."""
     cfg = dataclasses.replace(cfg, backbone_weights="random")
     raw = _unwrap(torch.load(Path(pth), map_location="cpu", weights_only=True))
+    preset = _preset_of(raw)
+    if preset is not None and preset != cfg.preset:  # the usual cause, said first and in one phrase
+        raise CheckpointError(f"{pth} holds the {preset} preset (by its Swin width), not the {cfg.preset} preset")
     with torch.device("meta"):
         model = PDFNet(cfg)
     state, problems = map_reference_state(raw, model.encoder.spec.window_size)
@@ -325,8 +328,18 @@ def reference_state(pth: str | Path, cfg: PDFNetConfig) -> dict[str, torch.Tenso
     except CheckpointError as err:
         problems.insert(0, str(err))
     if problems:
-        raise CheckpointError("; ".join(problems))
+        shown = 8
+        more = [f"... {len(problems) - shown} more"] if len(problems) > shown else []
+        raise CheckpointError("; ".join(problems[:shown] + more))
     return {k: v.contiguous() for k, v in state.items()}
+
+
+def _preset_of(ref: dict[str, torch.Tensor]) -> str | None:
+    """The preset whose Swin width matches a reference-layout state dict (None: no such key or width)."""
+    embed = ref.get("encoder.patch_embed.proj.weight")
+    if embed is None:
+        return None
+    return next((name for name, (spec, _) in PRESETS.items() if spec.embed_dim == embed.shape[0]), None)
 
 
 def convert_reference(pth: str | Path, out: str | Path, cfg: PDFNetConfig | None = None) -> dict[str, int]:

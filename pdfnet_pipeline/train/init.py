@@ -77,7 +77,7 @@ def _load_reference(model: torch.nn.Module, path: Path, model_config: dict) -> s
     except CheckpointError as err:
         raise CheckpointError(
             f"init_from {path}: a reference checkpoint that does not fit this run's model "
-            f"(preset {cfg.preset}, variant {cfg.variant}): {err}"
+            f"(preset {cfg.preset}, variant {cfg.variant}; set model.preset / model.variant to the checkpoint's): {err}"
         ) from err
     except (pickle.UnpicklingError, EOFError, RuntimeError) as err:  # code in the pickle, a truncated file
         raise CheckpointError(f"init_from {path}: not a reference checkpoint torch can read safely ({err})") from None
