@@ -128,3 +128,18 @@ def test_read_manifest_errors(tmp_path):
         assert "not a pdfnet-pipeline manifest" in str(err)
     else:
         raise AssertionError("expected ManifestError")
+
+
+def test_split_roles_by_name():
+    from pdfnet_pipeline.data.manifest import split_role
+
+    assert [split_role(s) for s in ("DIS-TR", "train", "Training", "DIS-VD", "val", "Validation", "dev")] == [
+        "train",
+        "train",
+        "train",
+        "val",
+        "val",
+        "val",
+        "val",
+    ]
+    assert [split_role(s) for s in ("DIS-TE1", "test", "holdout", "DIS-TE (all)")] == ["test"] * 4

@@ -42,13 +42,15 @@ IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 MASK_EXTS = {".png", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg"}
 OFFICIAL_DIR = repo_dir("data_manifests/official", "official_lists")
 # What a split is for, by name: DIS-5K's names, and those `data manifest` gives a folder of pairs.
-TRAIN_SPLITS = (DIS_SPLITS[0], PAIR_SPLITS[0])
-VAL_SPLITS = (DIS_SPLITS[1], PAIR_SPLITS[1])
+# Split folders of one's own data go by these names too (any case).
+TRAIN_SPLITS = ("dis-tr", "train", "training", "trn")
+VAL_SPLITS = ("dis-vd", "val", "valid", "validation", "dev")
 
 
 def split_role(name: str) -> str:
-    """ "train", "val" or "test" (any other split is held out for evaluation)."""
-    return "train" if name in TRAIN_SPLITS else "val" if name in VAL_SPLITS else "test"
+    """The split's use: "train", "val", or "test" (any other name: held out for evaluation)."""
+    low = name.lower()
+    return "train" if low in TRAIN_SPLITS else "val" if low in VAL_SPLITS else "test"
 
 
 class ManifestError(UserError, ValueError):
