@@ -13,10 +13,16 @@ report it by name and carry on (or stop) as the user chose. What is handled and 
   on a transparent background): its alpha IS the mask, whatever the colours. A fully opaque alpha
   carries nothing, so such a mask is read from its colours (luma) like any other;
 - decompression bombs: a pixel limit checked from the header before any decoding.
+
+`decode_image(data)` applies the same rules to bytes in memory (an upload), naming it by a label.
+`BadInputError.kind` says which problem it is, for callers that answer each differently (the
+server's HTTP statuses): "missing", "pixels" (over the limit, or a bomb), "format" (not an image
+Pillow reads), "corrupt" (truncated or broken data), else "invalid".
 """
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 
@@ -35,27 +41,30 @@ Image.MAX_IMAGE_PIXELS = None
 class BadInputError(UserError, ValueError):
     """An input file that cannot be used; `str()` is one line starting with the path."""
 
-    def __init__(self, path: Path | str, reason: str):
+    def __init__(self, path: Path | str, reason: str, kind: str = "invalid"):
         self.path = Path(path)
         self.reason = reason
+        self.kind = kind  # missing | pixels | format | corrupt | invalid (module docstring)
         super().__init__(f"{path}: {reason}")
 
 
-def _open(path: Path, max_pixels: int) -> Image.Image:
-    if not path.is_file():
-        raise BadInputError(path, "file not found")
+def _open(path: Path, max_pixels: int, data: bytes | None = None) -> Image.Image:
+    """The file at `path`, or `data` (bytes in memory, `path` then only names them)."""
+    if data is None and not path.is_file():
+        raise BadInputError(path, "file not found", "missing")
     try:
         with warnings.catch_warnings():
             # Pillow's own bomb check warns/raises with its global limit; we apply ours instead.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(path)
+            im = Image.open(path if data is None else io.BytesIO(data))
     except Image.DecompressionBombError as err:
-        raise BadInputError(path, f"too many pixels ({err})") from None
+        raise BadInputError(path, f"too many pixels ({err})", "pixels") from None
     except (OSError, SyntaxError, ValueError) as err:
-        raise BadInputError(path, f"not a readable image ({err})") from None
+        reason = "cannot identify image file" if data is not None and "cannot identify" in str(err) else err
+        raise BadInputError(path, f"not a readable image ({reason})", "format") from None
     w, h = im.size
     if w * h > max_pixels:
-        raise BadInputError(path, f"{w}x{h} = {w * h:,} pixels exceeds the limit of {max_pixels:,}")
+        raise BadInputError(path, f"{w}x{h} = {w * h:,} pixels exceeds the limit of {max_pixels:,}", "pixels")
     return im
 
 
@@ -65,7 +74,7 @@ def _decode(path: Path, im: Image.Image) -> Image.Image:
         im.load()
         return ImageOps.exif_transpose(im)
     except (OSError, SyntaxError, ValueError) as err:
-        raise BadInputError(path, f"corrupt or truncated image data ({err})") from None
+        raise BadInputError(path, f"corrupt or truncated image data ({err})", "corrupt") from None
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:
@@ -108,7 +117,21 @@ def load_image(
     both sides stay >= this; much faster for big photos that are resized down anyway.
     """
     path = Path(path)
-    im = _open(path, max_pixels)
+    return _rgb(path, _open(path, max_pixels), draft_min_side)
+
+
+def decode_image(
+    data: bytes,
+    *,
+    name: str = "upload",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    draft_min_side: int | None = None,
+) -> np.ndarray:
+    """`load_image` of bytes in memory (nothing written); errors start with `name`."""
+    return _rgb(Path(name), _open(Path(name), max_pixels, data), draft_min_side)
+
+
+def _rgb(path: Path, im: Image.Image, draft_min_side: int | None) -> np.ndarray:
     if draft_min_side and im.format == "JPEG":
         w, h = im.size
         scale = min(w, h) / draft_min_side
