@@ -127,11 +127,13 @@ def _register_commands() -> None:
     from pdfnet_pipeline.data import commands as data_commands
     from pdfnet_pipeline.eval import commands as eval_commands
     from pdfnet_pipeline.model import commands as model_commands
+    from pdfnet_pipeline.serve import commands as serve_commands
 
     data_commands.register(data_app)
     model_commands.register(model_app)
     store_commands.register(store_app)
     eval_commands.register(app)
+    serve_commands.register(app)
 
 
 _register_commands()
