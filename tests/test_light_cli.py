@@ -1,4 +1,5 @@
-"""`--help` stays light: no command's help imports torch, cv2, timm or transformers.
+"""`--help` stays light: no command's help imports torch, cv2, timm or transformers, nor the
+server's fastapi / starlette / uvicorn / python-multipart.
 
 Each case runs the console entry (`cli.main`) in a fresh interpreter and lists `sys.modules` at
 exit, so an import anywhere in the chain counts, however it was made.
@@ -9,7 +10,7 @@ import sys
 
 import pytest
 
-HEAVY = {"torch", "cv2", "timm", "transformers"}
+HEAVY = {"torch", "cv2", "timm", "transformers", "fastapi", "starlette", "uvicorn", "python_multipart"}
 
 # What the `pdfnet-pipeline` console script runs, then the modules it left loaded (on stderr).
 PROBE = """
@@ -40,10 +41,12 @@ def loaded_modules(*args: str) -> tuple[set[str], str]:
         (["store", "export", "--help"], "--out"),
         (["stage", "run", "--help"], "--print-config"),
         (["bench", "--help"], "metrics"),
+        (["serve", "--help"], "--max-batch"),
     ],
 )
 def test_help_imports_no_heavy_module(args, shown):
     modules, out = loaded_modules(*args)
     assert shown in out  # the help really printed
-    assert {"typer", "pdfnet_pipeline.eval.commands", "pdfnet_pipeline.model.commands"} <= modules  # commands loaded
+    commands = {"pdfnet_pipeline.eval.commands", "pdfnet_pipeline.model.commands", "pdfnet_pipeline.serve.commands"}
+    assert {"typer", *commands} <= modules  # commands loaded
     assert sorted({m.split(".")[0] for m in modules} & HEAVY) == []
