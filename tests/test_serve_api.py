@@ -179,3 +179,21 @@ def test_bad_requests(server):
     assert (answer.status, answer.json()) == (400, {"error": "unknown output 'thumbnail' (mask, cutout, depth, all)"})
     assert request(server, "GET", "/static/../app.py").status == 404
     assert request(server, "GET", "/health").status == 200  # still serving
+
+
+def test_cli_refuses_bad_limits_and_a_port_in_use(ckpt):
+    import socket
+
+    from typer.testing import CliRunner
+
+    from pdfnet_pipeline.cli import app
+    from pdfnet_pipeline.errors import UserError
+
+    res = CliRunner().invoke(app, ["serve", "--checkpoint", str(ckpt), "--max-batch", "0", "--max-queue", "0"])
+    assert res.exit_code == 2
+    assert "error: --max-batch must be >= 1, got 0; --max-queue must be >= 1, got 0" in res.output
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = str(taken.getsockname()[1])
+        res = CliRunner().invoke(app, ["serve", "--checkpoint", str(ckpt), "--port", port])
+    assert isinstance(res.exception, UserError)  # cli.main prints it as one line, exit 1
+    assert str(res.exception) == f"cannot listen on 127.0.0.1:{port} (Address already in use): pass another --port"

@@ -9,6 +9,7 @@ process with that signal instead: `Server.capture_signals` does not.)
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import socket
 import sys
@@ -43,9 +44,8 @@ def bind(cfg: ServeConfig) -> socket.socket:
     try:
         return socket.create_server((cfg.host, cfg.port), family=family)
     except OSError as err:
-        raise UserError(
-            f"cannot listen on {cfg.host}:{cfg.port} ({err.strerror or err}): pass another --port"
-        ) from None
+        reason = os.strerror(err.errno) if err.errno else str(err)
+        raise UserError(f"cannot listen on {cfg.host}:{cfg.port} ({reason}): pass another --port") from None
 
 
 def url(sock: socket.socket) -> str:
@@ -64,11 +64,15 @@ def serve(cfg: ServeConfig) -> None:
     """Load the models once, listen, print the URL, serve until SIGTERM / Ctrl-C, drain, return."""
     from pdfnet_pipeline.serve.engine import Engine
 
-    engine = Engine.load(cfg)
+    sock = bind(cfg)  # first: a port in use fails before the models load (clients meanwhile wait in the backlog)
+    try:
+        engine = Engine.load(cfg)
+    except BaseException:
+        sock.close()
+        raise
     if engine.warning:
         print(f"warning: {engine.warning}", file=sys.stderr, flush=True)
     app = create_app(cfg, engine)
-    sock = bind(cfg)
     info = engine.info()
     print(f"model: {cfg.checkpoint} on {info['device']} ({info['precision']}, {info['size']} px, {info['batching']})")
     if cfg.host not in ("127.0.0.1", "localhost", "::1"):
