@@ -8,7 +8,8 @@ resized to the network side, PDFNet, sigmoid, back to the photo's size), so a ma
 after the other. PDFNet and DAM never mix the samples of a batch, but the CPU's kernels may
 round a batch differently from one photo (oneDNN picks by shape: a pixel may move by one level),
 so stacking is the default on CUDA only; on the CPU, one at a time keeps every mask bit-identical
-to `Segmenter.predict` and costs nothing measurable (CPU time is per pixel either way).
+to `Segmenter.predict` and costs little (tiny preset at 256 px on 2 cores, batches of 4: 289 ms a
+photo one at a time, 250 ms stacked, with ~1e-5 of the pixels one level off).
 """
 
 from __future__ import annotations
