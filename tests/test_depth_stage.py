@@ -178,7 +178,7 @@ def test_a_store_from_another_manifest_is_refused(data, reference, tmp_path):
     m = read_manifest(data / "m.jsonl")
     m.entries = m.entries[:-1]
     write_manifest(m, tmp_path / "other.jsonl")
-    with pytest.raises(stage.DepthStageError, match="manifest_sha256"):
+    with pytest.raises(stage.DepthStageError, match="another manifest: this split.s entries"):
         stage.run(small_cfg(data, reference.parent, manifest=tmp_path / "other.jsonl"))
     # untouched: still the first manifest's store
     assert _on_disk(reference).attrs["manifest_sha256"] == read_manifest(data / "m.jsonl").split_hash("DIS-VD")
