@@ -71,6 +71,8 @@ def test_wheel_holds_every_module_and_the_stage_files(wheel):
     stages = {f"pdfnet_pipeline/stages/{p.name}" for p in (REPO / "stages").glob("*.toml")}
     assert {"pdfnet_pipeline/stages/depth.toml", "pdfnet_pipeline/stages/train.toml"} <= stages <= names
     assert "pdfnet_pipeline/official_lists/DIS-VD.txt" in names
+    static = {f"pdfnet_pipeline/serve/static/{p.name}" for p in (REPO / "pdfnet_pipeline/serve/static").iterdir()}
+    assert {"pdfnet_pipeline/serve/static/index.html", "pdfnet_pipeline/serve/static/app.js"} <= static <= names
 
 
 def test_installed_commands_run_from_any_folder(venv, tmp_path):
