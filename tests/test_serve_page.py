@@ -62,7 +62,9 @@ def test_page_segments_picked_photos_offline(tmp_path):
             )
             for _ in range(600):
                 cards = browser.js(done)
-                if len(cards) == 2 and all(state in ("done", "error") for _, state, _ in cards):
+                # "done" is set when the answers arrive; the browser decodes the images after that
+                decoded = all(w > 0 for _, state, imgs in cards if state == "done" for _, w, _ in imgs)
+                if len(cards) == 2 and all(state in ("done", "error") for _, state, _ in cards) and decoded:
                     break
                 browser.js("new Promise(r => setTimeout(r, 100))")
             else:
